@@ -1,0 +1,242 @@
+//! User accounts in Django's shape, and the store behind them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub last_name: String,
+    pub is_active: bool,
+    #[serde(default)]
+    pub is_superuser: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// A PHC string (argon2id) or an imported legacy hash; never shown.
+    #[serde(default)]
+    pub password: String,
+    /// Unix seconds.
+    pub date_joined: u64,
+    #[serde(default)]
+    pub last_login: Option<u64>,
+    /// Custom fields declared in the config.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+impl User {
+    pub fn new(username: &str) -> Self {
+        User {
+            username: username.to_string(),
+            email: None,
+            first_name: String::new(),
+            last_name: String::new(),
+            is_active: true,
+            is_superuser: false,
+            groups: Vec::new(),
+            permissions: Vec::new(),
+            password: String::new(),
+            date_joined: crate::clock::unix_secs(),
+            last_login: None,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    pub fn full_name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+            .trim()
+            .to_string()
+    }
+
+    pub fn key(&self) -> String {
+        user_key(&self.username)
+    }
+
+    /// The hashing scheme, as Django's admin shows it, never the hash.
+    pub fn password_algorithm(&self) -> &'static str {
+        crate::passwords::algorithm_of(&self.password)
+    }
+}
+
+/// Usernames are unique regardless of case: `Alice` and `alice` are one.
+pub fn user_key(username: &str) -> String {
+    username.to_lowercase()
+}
+
+/// Django's username rule: up to 150 letters, digits and `@ . + - _`.
+pub fn check_username(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("the username is empty".into());
+    }
+    if name.chars().count() > 150 {
+        return Err("the username is longer than 150 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || "@.+-_".contains(c))
+    {
+        return Err("a username may contain only letters, digits and @ . + - _".into());
+    }
+    Ok(())
+}
+
+pub fn check_email(email: &str) -> std::result::Result<(), String> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+        })
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{email:?} is not a valid email address"))
+    }
+}
+
+/// Where accounts live. The sled store implements it; a shared backend can.
+pub trait AccountStore: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<User>>;
+    /// Inserts a new user; fails with `Conflict` if the name is taken.
+    fn create(&self, user: &User) -> Result<()>;
+    fn update(&self, user: &User) -> Result<()>;
+    fn delete(&self, key: &str) -> Result<bool>;
+    fn list(&self) -> Result<Vec<User>>;
+}
+
+fn decode(bytes: &[u8]) -> Result<User> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("user record: {e}")))
+}
+
+fn encode(user: &User) -> Result<Vec<u8>> {
+    serde_json::to_vec(user).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl AccountStore for Store {
+    fn get(&self, key: &str) -> Result<Option<User>> {
+        self.users
+            .get(key.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn create(&self, user: &User) -> Result<()> {
+        let key = user.key();
+        let val = encode(user)?;
+        match self
+            .users
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(val))?
+        {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Conflict(format!(
+                "a user named {:?} already exists",
+                user.username
+            ))),
+        }
+    }
+
+    fn update(&self, user: &User) -> Result<()> {
+        self.users.insert(user.key().as_bytes(), encode(user)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        let existed = self.users.remove(key.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(existed)
+    }
+
+    fn list(&self) -> Result<Vec<User>> {
+        self.users.iter().values().map(|v| decode(&v?)).collect()
+    }
+}
+
+/// Accounts with a read cache in front of the store. Every write goes
+/// through here, so the cache is exact for this process.
+pub struct Accounts {
+    store: Arc<dyn AccountStore>,
+    cache: RwLock<HashMap<String, Arc<User>>>,
+    cache_cap: usize,
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn AccountStore>) -> Self {
+        Accounts {
+            store,
+            cache: RwLock::new(HashMap::new()),
+            cache_cap: 100_000,
+        }
+    }
+
+    /// The current record, from cache when hot.
+    pub fn get(&self, username: &str) -> Result<Option<Arc<User>>> {
+        let key = user_key(username);
+        if let Some(u) = self.cache.read().get(&key) {
+            return Ok(Some(Arc::clone(u)));
+        }
+        let Some(u) = self.store.get(&key)? else {
+            return Ok(None);
+        };
+        let u = Arc::new(u);
+        let mut c = self.cache.write();
+        if c.len() >= self.cache_cap {
+            c.clear();
+        }
+        c.insert(key, Arc::clone(&u));
+        Ok(Some(u))
+    }
+
+    pub fn create(&self, user: &User) -> Result<()> {
+        check_username(&user.username).map_err(StoreError::Conflict)?;
+        self.store.create(user)?;
+        self.cache.write().remove(&user.key());
+        Ok(())
+    }
+
+    /// Read-modify-write of one user.
+    pub fn modify(
+        &self,
+        username: &str,
+        f: impl FnOnce(&mut User) -> std::result::Result<(), String>,
+    ) -> Result<User> {
+        let key = user_key(username);
+        let mut u = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| StoreError::NotFound(format!("no user named {username:?}")))?;
+        f(&mut u).map_err(StoreError::Conflict)?;
+        self.store.update(&u)?;
+        self.cache.write().remove(&key);
+        Ok(u)
+    }
+
+    pub fn delete(&self, username: &str) -> Result<bool> {
+        let key = user_key(username);
+        let r = self.store.delete(&key)?;
+        self.cache.write().remove(&key);
+        Ok(r)
+    }
+
+    pub fn list(&self) -> Result<Vec<User>> {
+        let mut v = self.store.list()?;
+        v.sort_by(|a, b| a.key().cmp(&b.key()));
+        Ok(v)
+    }
+}

@@ -1,0 +1,754 @@
+//! The command line: `serve`, `demo`, `check`, `explain`, `user ...`,
+//! `session ...`, `healthcheck`. Errors are reported here, at the edge.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::admin::{self, Command};
+use crate::config::{self, Config, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authentication gateway: login and per-path permissions in front of any web app."
+)]
+pub struct Cli {
+    /// Config file (default: config/portcullis.toml, or $PORTCULLIS_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve,
+    /// Run a complete local demo: a whoami app, the gateway in front of it, a demo policy and users.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Folder for the demo's store and policy.
+        #[arg(long, default_value = "portcullis-demo")]
+        data: PathBuf,
+    },
+    /// Validate the config and every policy file, and run the policy's tests.
+    Check {
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show how the policy decides a request.
+    Explain {
+        #[arg(
+            long,
+            conflicts_with = "anonymous",
+            required_unless_present = "anonymous"
+        )]
+        user: Option<String>,
+        #[arg(long)]
+        anonymous: bool,
+        #[arg(long)]
+        host: Option<String>,
+        method: String,
+        path: String,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// See and end sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Exit 0 if the local gateway answers its health check (for containers).
+    Healthcheck {
+        /// Defaults to the first listen address of the config.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct PasswordIn {
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        first_name: Option<String>,
+        #[arg(long)]
+        last_name: Option<String>,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        superuser: bool,
+        #[command(flatten)]
+        pw: PasswordIn,
+    },
+    /// Set a user's password (ends all their sessions).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        pw: PasswordIn,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Disable a user and end their sessions.
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Delete a user and end their sessions.
+    Delete {
+        name: String,
+    },
+    /// Add or remove a group: `user group NAME add|remove GROUP`.
+    Group {
+        name: String,
+        action: GroupAction,
+        group: String,
+    },
+    Grant {
+        name: String,
+        permission: String,
+    },
+    Revoke {
+        name: String,
+        permission: String,
+    },
+    /// Set a field: `user set NAME FIELD=VALUE`.
+    Set {
+        name: String,
+        assignment: String,
+    },
+    /// Clear login throttling for a user.
+    Unlock {
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GroupAction {
+    Add,
+    Remove,
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// End one session by id (or tag), or all of a user's.
+    Revoke {
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        user: Option<String>,
+        id: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
+    let path = config::resolve_path(flag);
+    match Config::load(&path) {
+        Ok((c, _)) => Ok(c),
+        Err(ConfigError::Invalid(report)) => Err(anyhow!(
+            "the config is invalid:\n{}",
+            report.to_string().trim_end()
+        )),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn read_password(pw: &PasswordIn) -> anyhow::Result<String> {
+    let mut s = String::new();
+    if pw.password_stdin {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the password from standard input")?;
+        let s = s.strip_suffix('\n').unwrap_or(&s);
+        let s = s.strip_suffix('\r').unwrap_or(s);
+        return Ok(s.to_string());
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Password (again): ")?;
+        if a != b {
+            return Err(anyhow!("the passwords do not match"));
+        }
+        return Ok(a);
+    }
+    Err(anyhow!(
+        "give the password with --password-stdin (it is never taken from the command line)"
+    ))
+}
+
+/// Runs an admin command on the running gateway, or on the store directly.
+fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
+    if let Some(v) = admin::send(&cfg.storage.path, &cmd)? {
+        return Ok(v);
+    }
+    let store = crate::store::Store::open(&cfg.storage.path, 16 << 20)?;
+    let accounts = crate::accounts::Accounts::new(Arc::new(store.clone()));
+    let sessions = crate::session::Sessions::new(
+        Arc::new(store.clone()),
+        cfg.session.idle_timeout,
+        cfg.session.absolute_timeout,
+        1024,
+    );
+    let audit = crate::audit::Audit::new(cfg.log.audit_file.as_deref())?;
+    let ops = admin::Ops {
+        accounts: &accounts,
+        sessions: &sessions,
+        rules: &cfg.passwords,
+        custom_fields: &[],
+        throttle: None,
+        audit: Some(&audit),
+        policy: None,
+    };
+    let v = admin::execute(&ops, cmd)?;
+    store.flush()?;
+    Ok(v)
+}
+
+fn print(json: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        let t = text(v);
+        if !t.is_empty() {
+            println!("{}", t.trim_end());
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match &v[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let flag = cli.config.as_deref();
+    let json = cli.json;
+    match cli.command {
+        Cmd::Serve => {
+            let cfg = load_config(flag)?;
+            init_logging(cfg.log.format);
+            crate::server::serve(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { listen, data } => {
+            init_logging(config::LogFormat::Text);
+            crate::demo::run(listen, &data)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { strict } => Ok(check(flag, json, strict)),
+        Cmd::Explain {
+            user,
+            anonymous: _,
+            host,
+            method,
+            path,
+        } => explain(flag, json, user, host, &method, &path),
+        Cmd::Healthcheck { url } => {
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let cfg = load_config(flag)?;
+                    let a = cfg.server.listen[0];
+                    let host = if a.ip().is_unspecified() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        a.ip().to_string()
+                    };
+                    format!("http://{host}:{}{}/health", a.port(), cfg.server.prefix)
+                }
+            };
+            match crate::cli::probe(&url) {
+                Ok(200) => {
+                    println!("ok");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(code) => {
+                    eprintln!("unhealthy: {url} answered {code}");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::User(u) => {
+            let cfg = load_config(flag)?;
+            user_cmd(&cfg, json, u)
+        }
+        Cmd::Session(sc) => {
+            let cfg = load_config(flag)?;
+            match sc {
+                SessionCmd::List { user } => {
+                    let v = admin_exec(&cfg, Command::SessionList { user })?;
+                    print(json, &v, |v| {
+                        let mut out = format!(
+                            "{:<14} {:<20} {:<22} {:<22} {:<16} {}\n",
+                            "TAG", "USER", "CREATED", "LAST SEEN", "IP", "BROWSER"
+                        );
+                        for x in v.as_array().into_iter().flatten() {
+                            out.push_str(&format!(
+                                "{:<14} {:<20} {:<22} {:<22} {:<16} {}\n",
+                                s(x, "tag"),
+                                s(x, "user"),
+                                s(x, "created"),
+                                s(x, "last_seen"),
+                                s(x, "ip"),
+                                s(x, "user_agent")
+                            ));
+                        }
+                        out
+                    });
+                }
+                SessionCmd::Revoke { user, id } => {
+                    let cmd = match (user, id) {
+                        (Some(u), _) => Command::SessionRevokeUser { user: u },
+                        (None, Some(id)) => Command::SessionRevoke { id },
+                        (None, None) => return Err(anyhow!("give --user NAME or a session id")),
+                    };
+                    let v = admin_exec(&cfg, cmd)?;
+                    print(json, &v, |v| {
+                        format!("revoked {} session(s)", s(v, "revoked"))
+                    });
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn user_cmd(cfg: &Config, json: bool, u: UserCmd) -> anyhow::Result<ExitCode> {
+    let show = |v: &Value| {
+        format!(
+            "username:      {}\nemail:         {}\nname:          {} {}\nactive:        {}\nsuperuser:     {}\ngroups:        {}\npermissions:   {}\ndate joined:   {}\nlast login:    {}\npassword:      algorithm {}\n",
+            s(v, "username"),
+            s(v, "email"),
+            s(v, "first_name"),
+            s(v, "last_name"),
+            s(v, "active"),
+            s(v, "superuser"),
+            s(v, "groups"),
+            s(v, "permissions"),
+            s(v, "date_joined"),
+            s(v, "last_login"),
+            s(v, "password_algorithm"),
+        )
+    };
+    let (cmd, text): (Command, Box<dyn Fn(&Value) -> String>) = match u {
+        UserCmd::Add {
+            name,
+            email,
+            first_name,
+            last_name,
+            groups,
+            superuser,
+            pw,
+        } => {
+            let password = read_password(&pw)?;
+            (
+                Command::UserAdd {
+                    name,
+                    email,
+                    first_name,
+                    last_name,
+                    groups,
+                    superuser,
+                    password,
+                    check_rules: false,
+                },
+                Box::new(|v: &Value| format!("created user {}", s(v, "username"))),
+            )
+        }
+        UserCmd::Passwd { name, pw } => {
+            let password = read_password(&pw)?;
+            (
+                Command::UserPasswd { name, password },
+                Box::new(|v: &Value| {
+                    format!(
+                        "password changed for {}; {} session(s) ended",
+                        s(v, "username"),
+                        s(v, "sessions_ended")
+                    )
+                }),
+            )
+        }
+        UserCmd::List => (
+            Command::UserList,
+            Box::new(|v: &Value| {
+                let mut out = format!(
+                    "{:<24} {:<28} {:<7} {:<9} {}\n",
+                    "USERNAME", "EMAIL", "ACTIVE", "SUPERUSER", "GROUPS"
+                );
+                for x in v.as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{:<24} {:<28} {:<7} {:<9} {}\n",
+                        s(x, "username"),
+                        s(x, "email"),
+                        s(x, "active"),
+                        s(x, "superuser"),
+                        s(x, "groups")
+                    ));
+                }
+                out
+            }),
+        ),
+        UserCmd::Show { name } => (Command::UserShow { name }, Box::new(show)),
+        UserCmd::Disable { name } => (
+            Command::UserDisable { name },
+            Box::new(|v: &Value| {
+                format!(
+                    "disabled {}; {} session(s) ended",
+                    s(v, "username"),
+                    s(v, "sessions_ended")
+                )
+            }),
+        ),
+        UserCmd::Enable { name } => (
+            Command::UserEnable { name },
+            Box::new(|v: &Value| format!("enabled {}", s(v, "username"))),
+        ),
+        UserCmd::Delete { name } => (
+            Command::UserDelete { name },
+            Box::new(|v: &Value| {
+                format!(
+                    "deleted {}; {} session(s) ended",
+                    s(v, "username"),
+                    s(v, "sessions_ended")
+                )
+            }),
+        ),
+        UserCmd::Group {
+            name,
+            action,
+            group,
+        } => (
+            Command::UserGroup {
+                name,
+                add: matches!(action, GroupAction::Add),
+                group,
+            },
+            Box::new(|v: &Value| format!("{} is in groups: {}", s(v, "username"), s(v, "groups"))),
+        ),
+        UserCmd::Grant { name, permission } => (
+            Command::UserGrant {
+                name,
+                permission,
+                grant: true,
+            },
+            Box::new(|v: &Value| format!("{} holds: {}", s(v, "username"), s(v, "permissions"))),
+        ),
+        UserCmd::Revoke { name, permission } => (
+            Command::UserGrant {
+                name,
+                permission,
+                grant: false,
+            },
+            Box::new(|v: &Value| format!("{} holds: {}", s(v, "username"), s(v, "permissions"))),
+        ),
+        UserCmd::Set { name, assignment } => {
+            let (field, value) = assignment.split_once('=').ok_or_else(|| {
+                anyhow!("write the change as FIELD=VALUE, like email=ann@example.com")
+            })?;
+            (
+                Command::UserSet {
+                    name,
+                    field: field.to_string(),
+                    value: value.to_string(),
+                },
+                Box::new(show),
+            )
+        }
+        UserCmd::Unlock { name } => (
+            Command::UserUnlock { name },
+            Box::new(|v: &Value| format!("unlocked {}", s(v, "username"))),
+        ),
+    };
+    let v = admin_exec(cfg, cmd)?;
+    print(json, &v, text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(flag: Option<&Path>, json: bool, strict: bool) -> ExitCode {
+    let path = config::resolve_path(flag);
+    let mut report = crate::diag::Report::default();
+    let mut tests = Vec::new();
+    match Config::load(&path) {
+        Err(ConfigError::Invalid(r)) => report.extend(r),
+        Err(e) => report.push(crate::diag::Diagnostic {
+            file: path.clone(),
+            line: 1,
+            column: 1,
+            severity: crate::diag::Severity::Error,
+            message: e.to_string(),
+        }),
+        Ok((cfg, warnings)) => {
+            report.extend(warnings);
+            match crate::policy::load::load(&cfg.policy.files, cfg.policy.case_insensitive) {
+                Ok((policy, w)) => {
+                    report.extend(w);
+                    tests = crate::policy::load::run_tests(&policy);
+                }
+                Err(r) => report.extend(r),
+            }
+        }
+    }
+    let failed = tests.iter().filter(|t| !t.passed).count();
+    let errors = report.errors().count();
+    let warnings = report.warnings().count();
+    let ok = errors == 0 && failed == 0 && !(strict && warnings > 0);
+    if json {
+        let v = serde_json::json!({ "ok": ok, "errors": errors, "warnings": warnings, "diagnostics": report.items, "tests": tests });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for d in &report.items {
+            println!("{d}");
+        }
+        for t in tests.iter().filter(|t| !t.passed) {
+            println!(
+                "{}: error: policy test `{}` failed: expected {:?}, got {} (rule {})",
+                t.origin,
+                t.name,
+                t.expected,
+                t.got.as_str(),
+                t.rule.as_deref().unwrap_or("none: no rule matched")
+            );
+        }
+        let passed = tests.len() - failed;
+        println!(
+            "{}: {errors} error(s), {warnings} warning(s), {passed}/{} policy test(s) passed",
+            if ok { "ok" } else { "failed" },
+            tests.len()
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn explain(
+    flag: Option<&Path>,
+    json: bool,
+    user: Option<String>,
+    host: Option<String>,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(flag)?;
+    let (policy, _) = crate::policy::load::load(&cfg.policy.files, cfg.policy.case_insensitive)
+        .map_err(|r| {
+            anyhow!(
+                "the policy does not validate:\n{}",
+                r.to_string().trim_end()
+            )
+        })?;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| anyhow!("invalid method {method:?}"))?;
+    let target = crate::canonical::canonicalize(path.as_bytes(), None)
+        .map_err(|e| anyhow!("the gateway would answer 400 to this path: {e}"))?;
+    let host = host
+        .unwrap_or_else(|| {
+            cfg.server
+                .public_url
+                .host_str()
+                .unwrap_or("localhost")
+                .to_string()
+        })
+        .to_ascii_lowercase();
+    let record = match &user {
+        Some(name) => Some(admin_exec(&cfg, Command::UserShow { name: name.clone() })?),
+        None => None,
+    };
+    let strings = |v: &Value, k: &str| -> Vec<String> {
+        v[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    let (groups, perms, superuser, active) = match &record {
+        Some(v) => (
+            strings(v, "groups"),
+            strings(v, "permissions"),
+            v["superuser"].as_bool().unwrap_or(false),
+            v["active"].as_bool().unwrap_or(false),
+        ),
+        None => (vec![], vec![], false, true),
+    };
+    let subject = crate::policy::Subject {
+        superuser,
+        groups: &groups,
+        permissions: &perms,
+    };
+    let match_path = if cfg.policy.case_insensitive {
+        target.path.to_ascii_lowercase()
+    } else {
+        target.path.clone()
+    };
+    let signed_in = record.is_some() && active;
+    let d = policy.decide(
+        &crate::policy::Request {
+            method: &method,
+            host: &host,
+            path: &match_path,
+        },
+        signed_in.then_some(&subject),
+    );
+    let effective = policy.effective_permissions(&subject);
+    let needed = match d.rule {
+        Some(r) => match crate::policy::resource_permission(&r.require, &method) {
+            Some(p) => format!("the permission {p} ({method} on resource)"),
+            None => r.require.to_string(),
+        },
+        None => format!(
+            "{} (no rule matched; the policy's default applies)",
+            policy
+                .unmatched
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "nobody".into())
+        ),
+    };
+    let why = match (d.outcome, &record) {
+        (crate::policy::Outcome::Allow, _) if d.public => "the route is open to anyone".to_string(),
+        (crate::policy::Outcome::Allow, _) if superuser => "the user is a superuser".to_string(),
+        (crate::policy::Outcome::Allow, _) => "the user meets the requirement".to_string(),
+        (crate::policy::Outcome::LoginRequired, Some(_)) => {
+            "the user is disabled, so counts as not signed in".to_string()
+        }
+        (crate::policy::Outcome::LoginRequired, None) => {
+            "the request is anonymous and the route needs a signed-in user".to_string()
+        }
+        (crate::policy::Outcome::Forbidden, _) => {
+            "the user does not meet the requirement".to_string()
+        }
+    };
+    let v = serde_json::json!({
+        "decision": d.outcome,
+        "method": method.as_str(),
+        "host": host,
+        "path": target.path,
+        "rule": d.rule.map(|r| serde_json::json!({ "name": r.name, "label": r.label(), "origin": r.origin.to_string(), "paths": r.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>() })),
+        "requires": needed,
+        "why": why,
+        "user": user.as_ref().map(|u| serde_json::json!({ "username": u, "active": active, "superuser": superuser, "groups": groups, "permissions": effective })),
+    });
+    print(json, &v, |_| {
+        let mut out = format!(
+            "decision: {}\nrequest:  {method} {}{} (host {host})\n",
+            match d.outcome {
+                crate::policy::Outcome::Allow => "allow",
+                crate::policy::Outcome::LoginRequired => "login required",
+                crate::policy::Outcome::Forbidden => "deny",
+            },
+            target.path,
+            target
+                .query
+                .as_ref()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
+        );
+        match d.rule {
+            Some(r) => out.push_str(&format!("rule:     {} at {}\n", r.label(), r.origin)),
+            None => out.push_str("rule:     none matched\n"),
+        }
+        out.push_str(&format!("requires: {needed}\n"));
+        match &user {
+            Some(u) => out.push_str(&format!(
+                "user:     {u} (active: {active}, superuser: {superuser}, groups: [{}], permissions: [{}])\n",
+                groups.join(", "),
+                effective.join(", ")
+            )),
+            None => out.push_str("user:     anonymous\n"),
+        }
+        out.push_str(&format!("why:      {why}\n"));
+        out
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A minimal HTTP/1.1 GET for health checks, so the image needs no curl.
+pub fn probe(url: &str) -> anyhow::Result<u16> {
+    use std::io::Write;
+    let u = url::Url::parse(url)?;
+    if u.scheme() != "http" {
+        return Err(anyhow!("only http:// URLs can be probed"));
+    }
+    let host = u.host_str().ok_or_else(|| anyhow!("no host in {url}"))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {host}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    write!(s, "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n\r\n", u.path())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP answer"))?;
+    Ok(code)
+}

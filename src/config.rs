@@ -1,0 +1,821 @@
+//! The gateway's configuration: read once, checked once, then typed.
+//!
+//! Each section is deserialised on its own so that every broken section is
+//! reported in one run, each error with `FILE:LINE:COL`. Values that need
+//! more than a type check (URLs, addresses, durations) are checked here too,
+//! so nothing downstream ever re-parses a string.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{self, Report, Source};
+use crate::password_rules::PasswordRules;
+use crate::throttle::ThrottleConfig;
+
+pub const DEFAULT_CONFIG: &str = "config/portcullis.toml";
+pub const CONFIG_ENV: &str = "PORTCULLIS_CONFIG";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (absolute), if any.
+    pub file: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub storage: StorageConfig,
+    pub policy: PolicyConfig,
+    pub session: SessionConfig,
+    pub headers: HeadersConfig,
+    pub throttle: ThrottleConfig,
+    pub passwords: PasswordRules,
+    pub registration: RegistrationConfig,
+    pub metrics: Option<MetricsConfig>,
+    pub log: LogConfig,
+    pub ui: UiConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub public_url: url::Url,
+    /// `scheme://host[:port]` of `public_url`, for Origin checks.
+    pub public_origin: String,
+    pub secure: bool,
+    pub threads: usize,
+    pub prefix: String,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub drop_underscore_headers: bool,
+    pub grace_period: Duration,
+    pub client_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub url: url::Url,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub preserve_host: bool,
+    pub verify_cert: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub files: Vec<PathBuf>,
+    pub case_insensitive: bool,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub remember_me: bool,
+    pub cookie_name: String,
+    pub cache_entries: usize,
+    /// How often the background sweeper removes expired sessions.
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderPreset {
+    Portcullis,
+    #[serde(rename = "oauth2-proxy")]
+    Oauth2Proxy,
+    Authelia,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub preset: HeaderPreset,
+    pub user: Option<String>,
+    pub email: Option<String>,
+    pub groups: Option<String>,
+    pub name: Option<String>,
+    pub preferred_username: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationConfig {
+    pub enabled: bool,
+    pub default_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub audit_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    pub title: String,
+    pub logo_url: Option<String>,
+    pub accent_color: String,
+    pub templates_dir: Option<PathBuf>,
+    pub static_dir: Option<PathBuf>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            title: "Sign in".into(),
+            logo_url: None,
+            accent_color: "#2457d6".into(),
+            templates_dir: None,
+            static_dir: None,
+        }
+    }
+}
+
+// ---- raw, as written in the file ------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One address or a list. Untagged enums lose TOML positions, so the whole
+/// value carries the span.
+#[derive(Default)]
+enum OneOrMany {
+    #[default]
+    None,
+    Some(Spanned<StrOrList>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Spanned::<StrOrList>::deserialize(d).map(OneOrMany::Some)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: OneOrMany,
+    public_url: Option<Spanned<String>>,
+    threads: Option<Spanned<usize>>,
+    prefix: Option<Spanned<String>>,
+    trusted_proxies: Vec<Spanned<String>>,
+    drop_underscore_headers: Option<bool>,
+    grace_period: Option<Spanned<DurationValue>>,
+    client_timeout: Option<Spanned<DurationValue>>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: Option<Spanned<String>>,
+    preserve_host: Option<bool>,
+    verify_cert: Option<bool>,
+    connect_timeout: Option<Spanned<DurationValue>>,
+    read_timeout: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    path: Option<String>,
+    cache_mb: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    files: Option<Vec<String>>,
+    case_insensitive: bool,
+    watch: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSession {
+    idle_timeout: Option<Spanned<DurationValue>>,
+    absolute_timeout: Option<Spanned<DurationValue>>,
+    remember_me: Option<bool>,
+    cookie_name: Option<Spanned<String>>,
+    cache_entries: Option<usize>,
+    sweep_interval: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawHeaders {
+    preset: Option<HeaderPreset>,
+    user: Option<Spanned<String>>,
+    email: Option<Spanned<String>>,
+    groups: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    preferred_username: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistration {
+    enabled: bool,
+    default_groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    audit_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUi {
+    title: Option<String>,
+    logo_url: Option<String>,
+    accent_color: Option<Spanned<String>>,
+    templates_dir: Option<String>,
+    static_dir: Option<String>,
+}
+
+/// A duration written as seconds (`90`) or with a unit (`"90s"`, `"30m"`,
+/// `"12h"`, `"7d"`).
+#[derive(Debug, Clone, Copy)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(DurationValue(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(DurationValue)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: write a number with a unit, like \"90s\", \"30m\", \"12h\" or \"7d\""))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+    Some(s.span())
+}
+
+/// Where a configuration comes from: an explicit flag, the environment, or
+/// the default path.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Ok(p) = std::env::var(CONFIG_ENV) {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from(DEFAULT_CONFIG)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Report),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<(Config, Report), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (cfg, report) = Self::parse(path, &text, &base);
+        match cfg {
+            Some(mut c) if !report.has_errors() => {
+                c.file = Some(abs);
+                Ok((c, report))
+            }
+            _ => Err(ConfigError::Invalid(report)),
+        }
+    }
+
+    /// Parses config text; relative paths are taken from `base`.
+    pub fn parse(path: &Path, text: &str, base: &Path) -> (Option<Config>, Report) {
+        let src = Source::new(path, text);
+        let mut report = Report::default();
+        let Some(doc) = diag::parse_toml(&src, &mut report) else {
+            return (None, report);
+        };
+
+        let mut server = RawServer::default();
+        let mut upstream = RawUpstream::default();
+        let mut storage = RawStorage::default();
+        let mut policy = RawPolicy::default();
+        let mut session = RawSession::default();
+        let mut headers = RawHeaders::default();
+        let mut throttle = ThrottleConfig::default();
+        let mut passwords = PasswordRules::default();
+        let mut registration = RawRegistration::default();
+        let mut metrics: Option<RawMetrics> = None;
+        let mut log = RawLog::default();
+        let mut ui = RawUi::default();
+
+        for (key, value) in doc.get_ref().iter() {
+            macro_rules! take {
+                ($slot:expr) => {
+                    if let Some(v) = diag::section(&src, value, &mut report) {
+                        $slot = v;
+                    }
+                };
+            }
+            match key.get_ref().as_ref() {
+                "server" => take!(server),
+                "upstream" => take!(upstream),
+                "storage" => take!(storage),
+                "policy" => take!(policy),
+                "session" => take!(session),
+                "headers" => take!(headers),
+                "throttle" => take!(throttle),
+                "passwords" => take!(passwords),
+                "registration" => take!(registration),
+                "metrics" => {
+                    if let Some(v) = diag::section(&src, value, &mut report) {
+                        metrics = Some(v);
+                    }
+                }
+                "log" => take!(log),
+                "ui" => take!(ui),
+                other => report.push(src.error(
+                    Some(key.span()),
+                    format!(
+                        "unknown section `{other}`; expected one of server, upstream, storage, policy, session, headers, throttle, passwords, registration, metrics, log, ui"
+                    ),
+                )),
+            }
+        }
+
+        let rel = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        // [server]
+        let mut listen = Vec::new();
+        let listen_raw: Vec<Spanned<String>> = match server.listen {
+            OneOrMany::None => vec![],
+            OneOrMany::Some(s) => {
+                let span = s.span();
+                match s.into_inner() {
+                    StrOrList::One(one) => vec![Spanned::new(span, one)],
+                    StrOrList::Many(v) => v
+                        .into_iter()
+                        .map(|x| Spanned::new(span.clone(), x))
+                        .collect(),
+                }
+            }
+        };
+        for l in &listen_raw {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => report.push(src.error(
+                    span(l),
+                    format!(
+                        "invalid listen address {:?}: write IP:PORT, like \"127.0.0.1:8080\"",
+                        l.get_ref()
+                    ),
+                )),
+            }
+        }
+        if listen_raw.is_empty() {
+            listen.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        }
+        let public_url = match &server.public_url {
+            Some(s) => match url::Url::parse(s.get_ref()) {
+                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                    Some(u)
+                }
+                _ => {
+                    report.push(src.error(
+                        span(s),
+                        format!("invalid public_url {:?}: write the origin users see, like \"https://app.example.com\"", s.get_ref()),
+                    ));
+                    None
+                }
+            },
+            None => url::Url::parse(&format!("http://{}", listen[0])).ok(),
+        };
+        let prefix = match &server.prefix {
+            Some(p) => {
+                let v = p.get_ref().trim_end_matches('/').to_string();
+                let ok = v.starts_with('/')
+                    && v.len() > 1
+                    && v[1..].split('/').all(|seg| {
+                        !seg.is_empty()
+                            && seg != "."
+                            && seg != ".."
+                            && seg
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                    });
+                if !ok {
+                    report.push(src.error(span(p), format!("invalid prefix {:?}: write a path like \"/.portcullis\" (letters, digits, - . _ ~)", p.get_ref())));
+                }
+                v
+            }
+            None => "/.portcullis".to_string(),
+        };
+        let mut trusted = Vec::new();
+        for t in &server.trusted_proxies {
+            let s = t.get_ref();
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted.push(n),
+                Err(_) => report.push(src.error(
+                    span(t),
+                    format!(
+                        "invalid trusted proxy {s:?}: write an IP or CIDR, like \"10.0.0.0/8\""
+                    ),
+                )),
+            }
+        }
+        let threads = match &server.threads {
+            Some(t) if *t.get_ref() == 0 => {
+                report.push(src.error(span(t), "threads must be at least 1"));
+                1
+            }
+            Some(t) => *t.get_ref(),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+
+        // [upstream]
+        let mut upstream_cfg = None;
+        match &upstream.url {
+            None => report.push(src.error(
+                Some(0..0),
+                "missing [upstream] url: name the app behind the gateway, like url = \"http://127.0.0.1:3000\"",
+            )),
+            Some(u) => match check_upstream_url(u.get_ref()) {
+                Ok((url, addr, tls, sni)) => {
+                    upstream_cfg = Some(UpstreamConfig {
+                        url,
+                        addr,
+                        tls,
+                        sni,
+                        preserve_host: upstream.preserve_host.unwrap_or(true),
+                        verify_cert: upstream.verify_cert.unwrap_or(true),
+                        connect_timeout: upstream.connect_timeout.map(|d| d.into_inner().0).unwrap_or(Duration::from_secs(5)),
+                        read_timeout: upstream.read_timeout.map(|d| d.into_inner().0).unwrap_or(Duration::from_secs(60)),
+                    })
+                }
+                Err(msg) => report.push(src.error(span(u), msg)),
+            },
+        }
+
+        // [session]
+        let idle = session
+            .idle_timeout
+            .as_ref()
+            .map(|d| d.get_ref().0)
+            .unwrap_or(Duration::from_secs(30 * 60));
+        let absolute = session
+            .absolute_timeout
+            .as_ref()
+            .map(|d| d.get_ref().0)
+            .unwrap_or(Duration::from_secs(12 * 3600));
+        if idle.is_zero() {
+            report.push(src.error(
+                session.idle_timeout.as_ref().and_then(span),
+                "idle_timeout must be longer than zero",
+            ));
+        }
+        if absolute < idle {
+            report.push(src.error(
+                session.absolute_timeout.as_ref().and_then(span),
+                "absolute_timeout must not be shorter than idle_timeout",
+            ));
+        }
+        let secure = public_url
+            .as_ref()
+            .map(|u| u.scheme() == "https")
+            .unwrap_or(false);
+        let cookie_base = match &session.cookie_name {
+            Some(n) => {
+                let v = n.get_ref();
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    report.push(src.error(
+                        span(n),
+                        format!("invalid cookie_name {v:?}: use letters, digits, _ and -"),
+                    ));
+                }
+                v.clone()
+            }
+            None => "portcullis_session".to_string(),
+        };
+        // The __Host- prefix pins the cookie to this origin, path / and Secure,
+        // so a sibling subdomain cannot plant or overwrite it.
+        let cookie_name = if secure {
+            format!("__Host-{cookie_base}")
+        } else {
+            cookie_base
+        };
+
+        // [headers]
+        let mut check_header = |h: &Option<Spanned<String>>| -> Option<String> {
+            h.as_ref().map(|s| {
+                let v = s.get_ref();
+                if http::HeaderName::from_bytes(v.as_bytes()).is_err() || v.contains('_') {
+                    report.push(src.error(
+                        span(s),
+                        format!("invalid header name {v:?}: use letters, digits and -"),
+                    ));
+                }
+                v.clone()
+            })
+        };
+        let headers_cfg = HeadersConfig {
+            preset: headers.preset.unwrap_or(HeaderPreset::Portcullis),
+            user: check_header(&headers.user),
+            email: check_header(&headers.email),
+            groups: check_header(&headers.groups),
+            name: check_header(&headers.name),
+            preferred_username: check_header(&headers.preferred_username),
+        };
+
+        let metrics_cfg = metrics.and_then(|m| match m.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(MetricsConfig { listen: a }),
+            Err(_) => {
+                report.push(src.error(
+                    span(&m.listen),
+                    format!("invalid metrics listen address {:?}", m.listen.get_ref()),
+                ));
+                None
+            }
+        });
+
+        let accent = match &ui.accent_color {
+            Some(c) => {
+                let v = c.get_ref();
+                let ok = v.len() == 7
+                    && v.starts_with('#')
+                    && v[1..].bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    report.push(src.error(
+                        span(c),
+                        format!("invalid accent_color {v:?}: write a hex colour like \"#2457d6\""),
+                    ));
+                }
+                v.clone()
+            }
+            None => UiConfig::default().accent_color,
+        };
+
+        let (Some(public_url), Some(upstream_cfg)) = (public_url, upstream_cfg) else {
+            return (None, report);
+        };
+        let public_origin = public_url.origin().ascii_serialization();
+        let cfg = Config {
+            file: None,
+            server: ServerConfig {
+                listen,
+                public_origin,
+                public_url,
+                secure,
+                threads,
+                prefix,
+                trusted_proxies: trusted,
+                drop_underscore_headers: server.drop_underscore_headers.unwrap_or(true),
+                grace_period: server
+                    .grace_period
+                    .map(|d| d.into_inner().0)
+                    .unwrap_or(Duration::from_secs(10)),
+                client_timeout: server
+                    .client_timeout
+                    .map(|d| d.into_inner().0)
+                    .unwrap_or(Duration::from_secs(30)),
+                max_body_bytes: server.max_body_bytes.unwrap_or(16 * 1024),
+            },
+            upstream: upstream_cfg,
+            storage: StorageConfig {
+                path: rel(storage.path.as_deref().unwrap_or("data")),
+                cache_bytes: storage.cache_mb.unwrap_or(64) * 1024 * 1024,
+            },
+            policy: PolicyConfig {
+                files: policy
+                    .files
+                    .unwrap_or_else(|| vec!["policy.toml".into()])
+                    .iter()
+                    .map(|f| rel(f))
+                    .collect(),
+                case_insensitive: policy.case_insensitive,
+                watch: policy.watch.unwrap_or(true),
+            },
+            session: SessionConfig {
+                idle_timeout: idle,
+                absolute_timeout: absolute,
+                remember_me: session.remember_me.unwrap_or(true),
+                cookie_name,
+                cache_entries: session.cache_entries.unwrap_or(200_000),
+                sweep_interval: session
+                    .sweep_interval
+                    .map(|d| d.into_inner().0)
+                    .unwrap_or(Duration::from_secs(60)),
+            },
+            headers: headers_cfg,
+            throttle,
+            passwords,
+            registration: RegistrationConfig {
+                enabled: registration.enabled,
+                default_groups: registration.default_groups,
+            },
+            metrics: metrics_cfg,
+            log: LogConfig {
+                format: log.format,
+                audit_file: log.audit_file.as_deref().map(rel),
+            },
+            ui: UiConfig {
+                title: ui.title.unwrap_or_else(|| UiConfig::default().title),
+                logo_url: ui.logo_url,
+                accent_color: accent,
+                templates_dir: ui.templates_dir.as_deref().map(rel),
+                static_dir: ui.static_dir.as_deref().map(rel),
+            },
+        };
+        (Some(cfg), report)
+    }
+}
+
+/// Checks an upstream URL and resolves it once, at load time: Pingora's
+/// peer constructor would otherwise do a blocking lookup per request and
+/// panic on a bad name.
+fn check_upstream_url(raw: &str) -> Result<(url::Url, SocketAddr, bool, String), String> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        format!("invalid upstream url {raw:?}: {e}; write it like \"http://127.0.0.1:3000\"")
+    })?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        s => {
+            return Err(format!(
+                "unsupported upstream scheme {s:?}: use http or https"
+            ))
+        }
+    };
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("upstream url {raw:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(format!(
+            "upstream url {raw:?} has a path; the gateway forwards the request path unchanged, so give only scheme://host:port"
+        ));
+    }
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve upstream host {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("upstream host {host:?} resolves to no address"))?;
+    Ok((url, addr, tls, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Option<Config>, Report) {
+        Config::parse(Path::new("p.toml"), text, Path::new("/etc/pc"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (c, r) = parse("[upstream]\nurl = \"http://127.0.0.1:3000\"\n");
+        assert!(!r.has_errors(), "{r}");
+        let c = c.unwrap();
+        assert_eq!(c.server.prefix, "/.portcullis");
+        assert_eq!(c.storage.path, Path::new("/etc/pc/data"));
+        assert_eq!(c.policy.files, vec![PathBuf::from("/etc/pc/policy.toml")]);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.session.cookie_name, "portcullis_session");
+    }
+
+    #[test]
+    fn https_public_url_uses_host_prefix() {
+        let (c, r) = parse("[server]\npublic_url = \"https://a.example\"\n[upstream]\nurl = \"http://127.0.0.1:3000\"\n");
+        assert!(!r.has_errors(), "{r}");
+        assert_eq!(c.unwrap().session.cookie_name, "__Host-portcullis_session");
+    }
+
+    #[test]
+    fn every_bad_section_is_reported_with_position() {
+        let text = "[server]\nlisten = \"nope\"\nbogus = 1\n[upstream]\nurl = \"ftp://x\"\n[wat]\n";
+        let (_, r) = parse(text);
+        let lines: Vec<_> = r.errors().map(|d| (d.line, d.message.clone())).collect();
+        assert!(
+            lines.iter().any(|(l, m)| *l == 3 && m.contains("bogus")),
+            "{r}"
+        );
+        assert!(
+            lines.iter().any(|(l, m)| *l == 5 && m.contains("scheme")),
+            "{r}"
+        );
+        assert!(
+            lines.iter().any(|(l, m)| *l == 6 && m.contains("wat")),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn value_errors_point_at_the_value() {
+        let (_, r) = parse("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[session]\nidle_timeout = \"5 fortnights\"\n");
+        let d = r.errors().next().unwrap();
+        assert_eq!(d.line, 4, "{r}");
+        assert!(d.message.contains("duration"), "{r}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Diagnostics that point at a place in a file: `FILE:LINE:COL: message`.
+//!
+//! Config and policy loading collect every problem they find instead of
+//! stopping at the first, so an operator fixes a file in one pass.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            sev,
+            self.message
+        )
+    }
+}
+
+/// A file's text plus the means to turn byte offsets into line and column.
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(path: &'a Path, text: &'a str) -> Self {
+        Self { path, text }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..floor_char_boundary(self.text, offset)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    pub fn at(
+        &self,
+        span: Option<Range<usize>>,
+        severity: Severity,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let (line, column) = span.map(|s| self.line_col(s.start)).unwrap_or((1, 1));
+        Diagnostic {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            severity,
+            message: message.into(),
+        }
+    }
+
+    pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
+        self.at(span, Severity::Error, message)
+    }
+
+    pub fn warning(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
+        self.at(span, Severity::Warning, message)
+    }
+
+    /// A TOML deserialisation error, with the position it carries.
+    pub fn toml_error(&self, e: &toml::de::Error) -> Diagnostic {
+        self.error(e.span(), e.message().trim().to_string())
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A set of diagnostics from one or more files.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub items: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+    pub fn extend(&mut self, other: Report) {
+        self.items.extend(other.items);
+    }
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(|d| d.severity == Severity::Error)
+    }
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| d.severity == Severity::Error)
+    }
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+    pub fn sort(&mut self) {
+        self.items
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.items {
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Report {}
+
+/// Parses a TOML document into a spanned tree, reporting every syntax error.
+pub fn parse_toml<'a>(
+    src: &Source<'a>,
+    report: &mut Report,
+) -> Option<toml::Spanned<toml::de::DeTable<'a>>> {
+    let (table, errors) = toml::de::DeTable::parse_recoverable(src.text);
+    let had_errors = !errors.is_empty();
+    for e in &errors {
+        report.push(src.toml_error(e));
+    }
+    if had_errors {
+        None
+    } else {
+        Some(table)
+    }
+}
+
+/// Deserialises one spanned value (a section, a rule) on its own, so one bad
+/// section does not hide the errors of the next.
+pub fn section<'a, T: serde::de::DeserializeOwned>(
+    src: &Source<'_>,
+    value: &toml::Spanned<toml::de::DeValue<'a>>,
+    report: &mut Report,
+) -> Option<T> {
+    let de = toml::de::ValueDeserializer::from(value.clone());
+    match T::deserialize(de) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut d = src.toml_error(&e);
+            if e.span().is_none() {
+                let (line, column) = src.line_col(value.span().start);
+                d.line = line;
+                d.column = column;
+            }
+            report.push(d);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let p = Path::new("x.toml");
+        let s = Source::new(p, "a = 1\nbé = 2\n");
+        assert_eq!(s.line_col(0), (1, 1));
+        assert_eq!(s.line_col(6), (2, 1));
+        assert_eq!(s.line_col(9), (2, 3));
+    }
+}

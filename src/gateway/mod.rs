@@ -1,0 +1,648 @@
+//! The proxy hot path. Every request goes through [`Gateway::request_filter`],
+//! which reads top to bottom:
+//!
+//! 1. **normalise** the request target to one canonical path (400 if it
+//!    cannot be read one way only);
+//! 2. requests under the reserved prefix go to the gateway's own
+//!    [`endpoints`] and never upstream;
+//! 3. **authenticate** from the session cookie;
+//! 4. **authorise** with the current policy (a pure function);
+//! 5. **forward** ([`Gateway::upstream_request_filter`]): the canonical path,
+//!    owned headers stripped, identity headers and client address set.
+
+pub mod endpoints;
+pub mod reply;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::accounts::User;
+use crate::app::App;
+use crate::canonical::{self, Target};
+use crate::policy::{Outcome, Policy, Request, Subject};
+use crate::session::{Live, Lookup, SessionId};
+use reply::{send, Reply};
+
+pub struct Gateway {
+    pub app: Arc<App>,
+}
+
+/// Per-request state, carried from filter to filter.
+pub struct Ctx {
+    started: Instant,
+    target: Option<Target>,
+    user: Option<Arc<User>>,
+    session: Option<Arc<Live>>,
+    policy: Option<Arc<Policy>>,
+    rule: Option<usize>,
+    decision: &'static str,
+    client_ip: Option<IpAddr>,
+    upstream_started: Option<Instant>,
+}
+
+/// What authentication found.
+pub struct Identity {
+    pub user: Arc<User>,
+    pub session: Arc<Live>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("session store unavailable: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Gateway {
+    pub fn new(app: Arc<App>) -> Self {
+        Gateway { app }
+    }
+
+    /// Session cookie -> live session -> current user record. A malformed,
+    /// unknown, expired or revoked cookie, or a disabled user, is no
+    /// identity. A store failure is an error (the caller fails closed).
+    pub fn authenticate(&self, req: &RequestHeader) -> Result<Option<Identity>, AuthError> {
+        let name = &self.app.cfg.session.cookie_name;
+        for value in cookie_values(&req.headers, name) {
+            let Some(id) = SessionId::from_cookie_value(value) else {
+                continue;
+            };
+            let h = id.hash();
+            match self.app.sessions.lookup(&h)? {
+                Lookup::Valid(live) => {
+                    let user = self.app.accounts.get(&live.user)?;
+                    match user {
+                        Some(u) if u.is_active => {
+                            return Ok(Some(Identity {
+                                user: u,
+                                session: live,
+                            }))
+                        }
+                        _ => continue,
+                    }
+                }
+                Lookup::Missing | Lookup::Expired => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_browser(req: &RequestHeader) -> bool {
+        req.headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().map(|s| s.contains("text/html")).unwrap_or(false))
+    }
+
+    fn login_url(&self, next: &str) -> String {
+        let base = self
+            .app
+            .cfg
+            .server
+            .public_url
+            .as_str()
+            .trim_end_matches('/');
+        let mut s = format!("{base}{}/login", self.app.cfg.server.prefix);
+        if next != "/" {
+            s.push_str("?next=");
+            s.extend(url::form_urlencoded::byte_serialize(next.as_bytes()));
+        }
+        s
+    }
+
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        outcome: Outcome,
+    ) -> pingora::Result<()> {
+        let browser = Self::is_browser(session.req_header());
+        let secure = self.app.cfg.server.secure;
+        let reply = match outcome {
+            Outcome::LoginRequired if browser => {
+                let next = ctx.target.as_ref().map(|t| t.to_uri_string()).unwrap_or_else(|| "/".into());
+                Reply::redirect(302, &self.login_url(&next)).header("cache-control", "no-store")
+            }
+            Outcome::LoginRequired => Reply::error_json(401, "login_required")
+                .header("www-authenticate", format!("Cookie realm=\"portcullis\", login=\"{}/login\"", self.app.cfg.server.prefix))
+                .hardened(secure),
+            _ if browser => Reply::html(
+                403,
+                self.app.ui.message(
+                    "Access denied",
+                    "You do not have permission to open this page. If you think you should, ask an administrator.",
+                    ctx.user.as_ref().map(|u| u.username.as_str()),
+                ),
+            )
+            .hardened(secure),
+            _ => Reply::error_json(403, "forbidden").hardened(secure),
+        };
+        send(session, reply).await
+    }
+
+    async fn bad_request(&self, session: &mut Session, why: &str) -> pingora::Result<()> {
+        session.as_downstream_mut().set_keepalive(None);
+        let reply = if Self::is_browser(session.req_header()) {
+            Reply::html(
+                400,
+                self.app
+                    .ui
+                    .message("Bad request", "The request could not be understood.", None),
+            )
+        } else {
+            Reply::json(
+                400,
+                &serde_json::json!({ "error": "bad_request", "reason": why }),
+            )
+        };
+        send(session, reply.hardened(self.app.cfg.server.secure)).await
+    }
+}
+
+/// Values of every cookie named `name` across all `Cookie` headers.
+pub fn cookie_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// The `Cookie` header without the gateway's own cookies, or `None` if
+/// nothing is left.
+fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<String>> {
+    let mut touched = false;
+    let mut kept: Vec<&str> = Vec::new();
+    for v in headers.get_all(http::header::COOKIE) {
+        let s = v.to_str().ok()?;
+        for pair in s.split(';') {
+            let name = pair
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .unwrap_or(pair.trim());
+            if ours.contains(&name) {
+                touched = true;
+            } else if !pair.trim().is_empty() {
+                kept.push(pair.trim());
+            }
+        }
+    }
+    if !touched {
+        return None;
+    }
+    Some(if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join("; "))
+    })
+}
+
+/// The request's host without port, for host rules.
+fn request_host(req: &RequestHeader) -> &str {
+    let raw = req
+        .uri
+        .host()
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    strip_port(raw)
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            target: None,
+            user: None,
+            session: None,
+            policy: None,
+            rule: None,
+            decision: "none",
+            client_ip: None,
+            upstream_started: None,
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        // Slow clients are cut off rather than holding a connection forever.
+        let t = self.app.cfg.server.client_timeout;
+        session.as_downstream_mut().set_read_timeout(Some(t));
+        session.as_downstream_mut().set_write_timeout(Some(t));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let app = &self.app;
+        ctx.client_ip = app.headers.client_ip(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            &session.req_header().headers,
+        );
+
+        // 1. Normalise.
+        let req = session.req_header();
+        if req.method == http::Method::CONNECT {
+            ctx.decision = "bad_request";
+            app.metrics.rejected.inc();
+            send(
+                session,
+                Reply::error_json(405, "method_not_allowed").hardened(app.cfg.server.secure),
+            )
+            .await?;
+            return Ok(true);
+        }
+        if req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && req.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            ctx.decision = "bad_request";
+            app.metrics.rejected.inc();
+            self.bad_request(session, "both Content-Length and Transfer-Encoding")
+                .await?;
+            return Ok(true);
+        }
+        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        let target = match canonical::canonicalize(req.raw_path(), host) {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.decision = "bad_request";
+                app.metrics.rejected.inc();
+                tracing::debug!(reason = %e, "request target refused");
+                self.bad_request(session, &e.to_string()).await?;
+                return Ok(true);
+            }
+        };
+        let policy = app.policy.current();
+        let path = if app.cfg.policy.case_insensitive {
+            target.path.to_ascii_lowercase()
+        } else {
+            target.path.clone()
+        };
+        let own = under_prefix(&target.path, &app.cfg.server.prefix);
+        ctx.target = Some(target);
+
+        // 2. The gateway's own endpoints.
+        if own {
+            ctx.decision = "gateway";
+            app.metrics.gateway.inc();
+            endpoints::handle(self, session, ctx).await?;
+            return Ok(true);
+        }
+
+        // 3. Authenticate.
+        let identity = match self.authenticate(session.req_header()) {
+            Ok(i) => i,
+            Err(e) => {
+                // Fail closed: a broken store never lets a request through.
+                tracing::error!(error = %e, "authentication failed; denying");
+                ctx.decision = "error";
+                send(
+                    session,
+                    Reply::error_json(503, "unavailable")
+                        .header("retry-after", "5")
+                        .hardened(app.cfg.server.secure),
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        if let Some(id) = identity {
+            ctx.user = Some(id.user);
+            ctx.session = Some(id.session);
+        }
+
+        // 4. Authorise.
+        let req = session.req_header();
+        let host = request_host(req);
+        let subject = ctx.user.as_ref().map(|u| Subject {
+            superuser: u.is_superuser,
+            groups: &u.groups,
+            permissions: &u.permissions,
+        });
+        let decision = policy.decide(
+            &Request {
+                method: &req.method,
+                host,
+                path: &path,
+            },
+            subject.as_ref(),
+        );
+        ctx.rule = decision
+            .rule
+            .and_then(|r| policy.rules.iter().position(|x| std::ptr::eq(x, r)));
+        let outcome = decision.outcome;
+        let public = decision.public;
+        ctx.policy = Some(policy);
+        match outcome {
+            Outcome::Allow => {
+                if public {
+                    ctx.decision = "public";
+                    app.metrics.public.inc();
+                } else {
+                    ctx.decision = "allowed";
+                    app.metrics.allowed.inc();
+                }
+                Ok(false)
+            }
+            Outcome::LoginRequired => {
+                ctx.decision = "login_required";
+                app.metrics.login_required.inc();
+                self.deny(session, ctx, outcome).await?;
+                Ok(true)
+            }
+            Outcome::Forbidden => {
+                ctx.decision = "forbidden";
+                app.metrics.forbidden.inc();
+                if let Some(u) = &ctx.user {
+                    app.audit.emit(
+                        crate::audit::Event::new("access_denied")
+                            .with("user", u.username.as_str())
+                            .with("method", session.req_header().method.as_str())
+                            .with(
+                                "path",
+                                ctx.target.as_ref().map(|t| t.path.as_str()).unwrap_or(""),
+                            )
+                            .with_opt("ip", ctx.client_ip.map(|i| i.to_string())),
+                    );
+                }
+                self.deny(session, ctx, outcome).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let up = &self.app.cfg.upstream;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout + Duration::from_secs(5));
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.verify_cert = up.verify_cert;
+        peer.options.verify_hostname = up.verify_cert;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    // 5. Forward.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let app = &self.app;
+        // Forward exactly the path that was authorised.
+        if let Some(t) = &ctx.target {
+            let uri: http::Uri = t.to_uri_string().parse().map_err(|_| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "canonical path is not a valid URI",
+                )
+            })?;
+            upstream.set_uri(uri);
+        }
+        app.headers.strip(upstream);
+        let ours = [
+            app.cfg.session.cookie_name.as_str(),
+            app.csrf_cookie.as_str(),
+        ];
+        if let Some(new_cookie) = scrub_cookies(&session.req_header().headers, &ours) {
+            upstream.remove_header(&http::header::COOKIE);
+            if let Some(c) = new_cookie {
+                upstream.insert_header(http::header::COOKIE, c)?;
+            }
+        }
+        if let Some(u) = &ctx.user {
+            app.headers.inject(upstream, u);
+        }
+        if let Some(ip) = ctx.client_ip {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", app.cfg.server.public_url.scheme())?;
+        if let Some(h) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            upstream.insert_header("x-forwarded-host", h)?;
+        }
+        if !app.cfg.upstream.preserve_host {
+            let host = match app.cfg.upstream.url.port() {
+                Some(p) => format!("{}:{p}", app.cfg.upstream.sni),
+                None => app.cfg.upstream.sni.clone(),
+            };
+            upstream.insert_header(http::header::HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let Some(t) = ctx.upstream_started {
+            self.app
+                .metrics
+                .upstream_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
+        use pingora::ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(c) => *c,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 502,
+            },
+        };
+        if code >= 500 {
+            self.app.metrics.upstream_errors.inc();
+            tracing::warn!(error = %e, status = code, "upstream failed");
+        }
+        if code > 0 {
+            let (heading, msg) = if code == 504 {
+                ("The application is taking too long", "The application behind this gateway did not answer in time. Try again in a moment.")
+            } else if code >= 500 {
+                ("The application is unavailable", "The application behind this gateway cannot be reached right now. Try again in a moment.")
+            } else {
+                ("Bad request", "The request could not be understood.")
+            };
+            let reply = if Self::is_browser(session.req_header()) {
+                Reply::html(
+                    code,
+                    self.app.ui.message(
+                        heading,
+                        msg,
+                        ctx.user.as_ref().map(|u| u.username.as_str()),
+                    ),
+                )
+            } else {
+                Reply::json(
+                    code,
+                    &serde_json::json!({ "error": if code == 504 { "upstream_timeout" } else if code >= 500 { "upstream_unavailable" } else { "bad_request" } }),
+                )
+            };
+            let _ = send(session, reply.hardened(self.app.cfg.server.secure)).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let app = &self.app;
+        app.metrics
+            .status
+            .with_label_values(&[status_label(status)])
+            .inc();
+        if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+            let rule = match (&ctx.policy, ctx.rule) {
+                (Some(p), Some(i)) => p.rules.get(i).map(|r| r.label()),
+                _ => None,
+            };
+            tracing::info!(
+                target: "portcullis::access",
+                method = %session.req_header().method,
+                path = ctx.target.as_ref().map(|t| t.path.as_str()).unwrap_or("-"),
+                status,
+                user = ctx.user.as_ref().map(|u| u.username.as_str()).unwrap_or("-"),
+                decision = ctx.decision,
+                rule = rule.as_deref().unwrap_or("-"),
+                latency_us = ctx.started.elapsed().as_micros() as u64,
+                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                error = e.map(|e| e.to_string()),
+            );
+        }
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        303 => "303",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        0 => "0",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matching_is_on_segment_boundaries() {
+        assert!(under_prefix("/.portcullis", "/.portcullis"));
+        assert!(under_prefix("/.portcullis/login", "/.portcullis"));
+        assert!(under_prefix("/.PORTCULLIS/login", "/.portcullis"));
+        assert!(!under_prefix("/.portcullisx", "/.portcullis"));
+        assert!(!under_prefix("/", "/.portcullis"));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "cookie",
+            "a=1; portcullis_session=abc; b=2".parse().unwrap(),
+        );
+        h.append("cookie", "portcullis_session=def".parse().unwrap());
+        let v: Vec<_> = cookie_values(&h, "portcullis_session").collect();
+        assert_eq!(v, vec!["abc", "def"]);
+        assert_eq!(
+            scrub_cookies(&h, &["portcullis_session"]),
+            Some(Some("a=1; b=2".into()))
+        );
+        let mut h = http::HeaderMap::new();
+        h.append("cookie", "x=1".parse().unwrap());
+        assert_eq!(scrub_cookies(&h, &["portcullis_session"]), None);
+    }
+
+    #[test]
+    fn hosts_without_ports() {
+        assert_eq!(strip_port("a.example:8080"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,306 @@
+//! Headers the gateway owns: identity sent upstream, and the client's
+//! address. Every client-sent header that could be read as identity by the
+//! app or another gateway is removed first, in every spelling.
+
+use std::net::IpAddr;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::accounts::User;
+use crate::config::{HeaderPreset, HeadersConfig};
+
+/// Exact names (normalised: lower case, `_` and `.` read as `-`).
+const OWNED_EXACT: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-email",
+    "x-groups",
+    "x-preferred-username",
+];
+
+/// Name prefixes used by other gateways and apps for identity.
+const OWNED_PREFIXES: &[&str] = &[
+    "x-forwarded-",  // oauth2-proxy, and the client-address family
+    "x-auth-",       // oauth2-proxy X-Auth-Request-*, gatekeeper X-Auth-*
+    "remote-",       // Authelia
+    "x-remote-",     // Apache-style
+    "x-pomerium-",   // Pomerium
+    "x-vouch-",      // Vouch
+    "x-token-",      // caddy-security
+    "x-webauth-",    // Grafana
+    "impersonate-",  // Kubernetes
+    "x-user",        // X-User, X-User-Id, X-Username, ...
+    "x-portcullis-", // our own namespace
+];
+
+/// Reads a header name the way lenient servers do: case-insensitive, with
+/// `_` and `.` taken as `-` (oauth2-proxy CVE-2025-64484).
+fn normalised_eq_prefix(name: &str, pat: &str, prefix: bool) -> bool {
+    let n = name.as_bytes();
+    let p = pat.as_bytes();
+    if n.len() < p.len() || (!prefix && n.len() != p.len()) {
+        return false;
+    }
+    n.iter().zip(p).all(|(a, b)| {
+        let a = match a.to_ascii_lowercase() {
+            b'_' | b'.' => b'-',
+            c => c,
+        };
+        a == *b
+    })
+}
+
+/// The identity headers and their names, compiled from the config.
+pub struct IdentityHeaders {
+    user: Vec<HeaderName>,
+    email: Vec<HeaderName>,
+    groups: Vec<HeaderName>,
+    name: Vec<HeaderName>,
+    /// Extra names to strip: every configured identity header.
+    extra_owned: Vec<String>,
+    drop_underscore: bool,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+fn hn(s: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(s.as_bytes()).ok()
+}
+
+impl IdentityHeaders {
+    pub fn new(cfg: &HeadersConfig, drop_underscore: bool, trusted: Vec<ipnet::IpNet>) -> Self {
+        let (mut user, mut email, mut groups, mut name): (
+            Vec<&str>,
+            Vec<&str>,
+            Vec<&str>,
+            Vec<&str>,
+        ) = match cfg.preset {
+            HeaderPreset::Portcullis => (
+                vec!["x-forwarded-user"],
+                vec!["x-forwarded-email"],
+                vec!["x-forwarded-groups"],
+                vec!["x-forwarded-name"],
+            ),
+            HeaderPreset::Oauth2Proxy => (
+                vec!["x-forwarded-user", "x-forwarded-preferred-username"],
+                vec!["x-forwarded-email"],
+                vec!["x-forwarded-groups"],
+                vec![],
+            ),
+            HeaderPreset::Authelia => (
+                vec!["remote-user"],
+                vec!["remote-email"],
+                vec!["remote-groups"],
+                vec!["remote-name"],
+            ),
+        };
+        if let Some(u) = &cfg.user {
+            user = vec![u.as_str()];
+        }
+        if let Some(p) = &cfg.preferred_username {
+            user.push(p.as_str());
+        }
+        if let Some(e) = &cfg.email {
+            email = vec![e.as_str()];
+        }
+        if let Some(g) = &cfg.groups {
+            groups = vec![g.as_str()];
+        }
+        if let Some(n) = &cfg.name {
+            name = vec![n.as_str()];
+        }
+        let all: Vec<String> = user
+            .iter()
+            .chain(&email)
+            .chain(&groups)
+            .chain(&name)
+            .map(|s| s.to_ascii_lowercase().replace(['_', '.'], "-"))
+            .collect();
+        IdentityHeaders {
+            user: user.iter().filter_map(|s| hn(s)).collect(),
+            email: email.iter().filter_map(|s| hn(s)).collect(),
+            groups: groups.iter().filter_map(|s| hn(s)).collect(),
+            name: name.iter().filter_map(|s| hn(s)).collect(),
+            extra_owned: all,
+            drop_underscore,
+            trusted,
+        }
+    }
+
+    /// True if the gateway owns this header name and a client's copy must go.
+    pub fn is_owned(&self, name: &str) -> bool {
+        (self.drop_underscore && name.contains('_'))
+            || OWNED_EXACT
+                .iter()
+                .any(|p| normalised_eq_prefix(name, p, false))
+            || OWNED_PREFIXES
+                .iter()
+                .any(|p| normalised_eq_prefix(name, p, true))
+            || self
+                .extra_owned
+                .iter()
+                .any(|p| normalised_eq_prefix(name, p, false))
+    }
+
+    /// Removes every owned header from an outgoing request.
+    pub fn strip(&self, req: &mut pingora::http::RequestHeader) {
+        let doomed: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| self.is_owned(k.as_str()))
+            .cloned()
+            .collect();
+        for k in doomed {
+            req.remove_header(&k);
+        }
+    }
+
+    /// Adds the signed-in user's identity.
+    pub fn inject(&self, req: &mut pingora::http::RequestHeader, user: &User) {
+        let set = |req: &mut pingora::http::RequestHeader, names: &[HeaderName], value: &str| {
+            if value.is_empty() {
+                return;
+            }
+            if let Ok(v) = HeaderValue::from_str(value) {
+                for n in names {
+                    let _ = req.insert_header(n.clone(), v.clone());
+                }
+            }
+        };
+        set(req, &self.user, &user.username);
+        if let Some(e) = &user.email {
+            set(req, &self.email, e);
+        }
+        if !user.groups.is_empty() {
+            set(req, &self.groups, &user.groups.join(","));
+        }
+        let full = user.full_name();
+        let clean: String = full.chars().filter(|c| !c.is_control()).collect();
+        set(req, &self.name, &clean);
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy,
+    /// in which case `X-Forwarded-For` is read right to left, skipping
+    /// trusted hops, and the first untrusted address is the client.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &http::HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let mut hops: Vec<&str> = Vec::new();
+        for v in headers.get_all("x-forwarded-for") {
+            let Ok(s) = v.to_str() else { return Some(peer) };
+            hops.extend(s.split(','));
+        }
+        for hop in hops.iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.is_trusted(ip) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Some(client)
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ih() -> IdentityHeaders {
+        let cfg = HeadersConfig {
+            preset: HeaderPreset::Portcullis,
+            user: None,
+            email: None,
+            groups: None,
+            name: None,
+            preferred_username: None,
+        };
+        IdentityHeaders::new(&cfg, true, vec!["10.0.0.0/8".parse().unwrap()])
+    }
+
+    #[test]
+    fn owned_in_every_spelling() {
+        let h = ih();
+        for n in [
+            "X-Forwarded-User",
+            "x_forwarded_user",
+            "X.Forwarded.Email",
+            "x-forwarded-groups",
+            "Remote-User",
+            "remote_groups",
+            "X-Auth-Request-User",
+            "X-Pomerium-Jwt-Assertion",
+            "X-Vouch-User",
+            "X-WEBAUTH-USER",
+            "Impersonate-User",
+            "X-Remote-User",
+            "X-User",
+            "X-Username",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "Forwarded",
+            "X-Real-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "x-token-subject",
+            "X-Forwarded-For",
+            "anything_with_underscore",
+        ] {
+            assert!(h.is_owned(n), "{n}");
+        }
+        for n in [
+            "Accept",
+            "Cookie",
+            "User-Agent",
+            "X-Request-Id",
+            "Authorization",
+            "Content-Type",
+        ] {
+            assert!(!h.is_owned(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let h = ih();
+        let mut hm = http::HeaderMap::new();
+        hm.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
+        let untrusted: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(h.client_ip(Some(untrusted), &hm), Some(untrusted));
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            h.client_ip(Some(proxy), &hm),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        hm.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4".parse().unwrap());
+        assert_eq!(
+            h.client_ip(Some(proxy), &hm),
+            Some("1.2.3.4".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Password hashing: argon2id with OWASP's parameters, run off the proxy
+//! threads on a bounded pool.
+//!
+//! A login costs one argon2 verification whether or not the user exists
+//! (unknown users are checked against a dummy hash), so neither the answer
+//! nor its timing tells an attacker which names are real.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+/// OWASP: 19 MiB, 2 iterations, 1 lane.
+pub const M_COST_KIB: u32 = 19 * 1024;
+pub const T_COST: u32 = 2;
+pub const P_COST: u32 = 1;
+
+fn argon2id() -> Argon2<'static> {
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a password to a PHC string. Blocking: call from a blocking thread.
+pub fn hash_blocking(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2id()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing failed: {e}"))
+}
+
+/// Verifies against a stored hash. Blocking. Unknown formats never verify.
+pub fn verify_blocking(password: &str, stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(h) if h.algorithm.as_str().starts_with("argon2") => {
+            // Parameters come from the hash itself, so older hashes verify.
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// True when a stored hash should be replaced by a fresh argon2id one on
+/// the next successful login (weaker parameters or a legacy algorithm).
+pub fn needs_upgrade(stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" => match Params::try_from(&h) {
+            Ok(p) => p.m_cost() < M_COST_KIB || p.t_cost() < T_COST,
+            Err(_) => true,
+        },
+        _ => true,
+    }
+}
+
+/// The scheme name, as Django's admin shows it.
+pub fn algorithm_of(stored: &str) -> &'static str {
+    if stored.is_empty() {
+        return "unusable";
+    }
+    match PasswordHash::new(stored) {
+        Ok(h) => match h.algorithm.as_str() {
+            "argon2id" => "argon2id",
+            "argon2i" => "argon2i",
+            "argon2d" => "argon2d",
+            _ => "unknown",
+        },
+        Err(_) => "unknown",
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("too many password checks are waiting; try again shortly")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// A bounded pool for argon2 work: a few permits (about one per spare
+/// core) and a bounded queue; past that, callers are told to come back
+/// (`503` with `Retry-After`) instead of piling up memory and latency.
+pub struct HashPool {
+    permits: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    limit: usize,
+    dummy: String,
+}
+
+impl HashPool {
+    pub fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        HashPool {
+            permits: Arc::new(Semaphore::new(workers)),
+            in_flight: AtomicUsize::new(0),
+            limit: workers + queue,
+            // Made once so unknown users cost the same as known ones.
+            dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
+        }
+    }
+
+    /// Workers = cores - 1 (at least 1), queue = 32 per worker.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let workers = cores.saturating_sub(1).max(1);
+        Self::new(workers, 32 * workers)
+    }
+
+    /// Checks currently queued or running.
+    pub fn depth(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PoolError> {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(&self.in_flight);
+        if n >= self.limit {
+            return Err(PoolError::Busy);
+        }
+        let _permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| PoolError::Failed(e.to_string()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| PoolError::Failed(e.to_string()))
+    }
+
+    /// Verifies `password` against `stored`, or against the dummy hash when
+    /// there is no such user, so both cost the same.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PoolError> {
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy.clone());
+        let ok = self
+            .run(move || crate::legacy::verify_any(&password, &hash))
+            .await?;
+        Ok(ok && known)
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, PoolError> {
+        self.run(move || hash_blocking(&password))
+            .await?
+            .map_err(PoolError::Failed)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let h = hash_blocking("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_blocking("correct horse", &h));
+        assert!(!verify_blocking("wrong", &h));
+        assert!(!needs_upgrade(&h));
+        assert!(!verify_blocking("x", "not a hash"));
+        assert_eq!(algorithm_of(&h), "argon2id");
+    }
+
+    #[tokio::test]
+    async fn pool_refuses_past_its_bound() {
+        let pool = Arc::new(HashPool::new(1, 0));
+        let h = hash_blocking("pw").unwrap();
+        let p2 = Arc::clone(&pool);
+        let h2 = h.clone();
+        let first = tokio::spawn(async move { p2.verify("pw".into(), Some(h2)).await });
+        // Let the first take the only slot.
+        while pool.depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.verify("pw".into(), Some(h)).await,
+            Err(PoolError::Busy)
+        );
+        assert_eq!(first.await.unwrap(), Ok(true));
+        assert_eq!(pool.verify("pw".into(), None).await, Ok(false));
+    }
+}

@@ -1,0 +1,300 @@
+//! Authorisation: Django's users, groups and permissions, applied per route.
+//!
+//! A [`Policy`] is compiled once from TOML files (see [`load`]) and then
+//! consulted on every request through [`Policy::decide`], a pure function of
+//! the request and the signed-in subject. Hot reload swaps whole policies
+//! (see [`reload`]); nothing here mutates after compilation.
+
+pub mod load;
+pub mod pattern;
+pub mod reload;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+
+pub use pattern::{HostPattern, MethodSet, PathPattern};
+
+/// What a route requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    Anyone,
+    Authenticated,
+    Superuser,
+    Nobody,
+    /// Member of any of these groups.
+    Groups(Vec<String>),
+    /// Holds all of these permissions.
+    Permissions(Vec<String>),
+    /// Django's model permissions: `<resource>.view|add|change|delete` chosen
+    /// by method. Stored ready-made so the hot path builds no strings.
+    Resource {
+        name: String,
+        view: String,
+        add: String,
+        change: String,
+        delete: String,
+    },
+}
+
+impl Requirement {
+    pub fn resource(name: &str) -> Self {
+        Requirement::Resource {
+            name: name.to_string(),
+            view: format!("{name}.view"),
+            add: format!("{name}.add"),
+            change: format!("{name}.change"),
+            delete: format!("{name}.delete"),
+        }
+    }
+}
+
+/// Where a rule was written, for logs and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: Option<String>,
+    pub origin: Origin,
+    pub hosts: Vec<HostPattern>,
+    pub paths: Vec<PathPattern>,
+    pub methods: MethodSet,
+    pub require: Requirement,
+}
+
+impl Rule {
+    /// The name for logs: the rule's own, or `file:line`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!(
+                "{}:{}",
+                self.origin
+                    .file
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                self.origin.line
+            ),
+        }
+    }
+
+    fn matches(&self, req: &Request<'_>, segs: &[&str]) -> bool {
+        self.methods.contains(req.method)
+            && (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(req.host)))
+            && self.paths.iter().any(|p| p.matches(segs))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub permissions: HashSet<String>,
+    pub description: Option<String>,
+}
+
+/// The facts about a request that rules look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a http::Method,
+    /// Host without port, as the client sent it.
+    pub host: &'a str,
+    /// Canonical path (see [`crate::canonical`]).
+    pub path: &'a str,
+}
+
+/// Who is asking. `None` in [`Policy::decide`] means anonymous.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub superuser: bool,
+    pub groups: &'a [String],
+    pub permissions: &'a [String],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    LoginRequired,
+    Forbidden,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::LoginRequired => "login_required",
+            Outcome::Forbidden => "forbidden",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'p> {
+    pub outcome: Outcome,
+    /// The rule that decided, or `None` when no rule matched.
+    pub rule: Option<&'p Rule>,
+    /// True when the route is open to anyone (`allow = "anyone"`).
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub groups: HashMap<String, Group>,
+    pub rules: Vec<Rule>,
+    pub tests: Vec<load::PolicyTest>,
+    /// Decision for requests no rule matches.
+    pub unmatched: Option<Requirement>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Most paths have few segments; splitting into a stack buffer keeps the
+/// hot path free of allocation.
+const INLINE_SEGMENTS: usize = 24;
+
+impl Policy {
+    pub fn decide<'p>(&'p self, req: &Request<'_>, who: Option<&Subject<'_>>) -> Decision<'p> {
+        let mut inline = [""; INLINE_SEGMENTS];
+        let mut spill = Vec::new();
+        let mut n = 0;
+        for s in crate::canonical::match_segments(req.path) {
+            if n < INLINE_SEGMENTS {
+                inline[n] = s;
+            } else {
+                if spill.is_empty() {
+                    spill.extend_from_slice(&inline);
+                }
+                spill.push(s);
+            }
+            n += 1;
+        }
+        let segs: &[&str] = if n <= INLINE_SEGMENTS {
+            &inline[..n]
+        } else {
+            &spill
+        };
+
+        for rule in &self.rules {
+            if rule.matches(req, segs) {
+                return Decision {
+                    outcome: self.evaluate(&rule.require, req.method, who),
+                    rule: Some(rule),
+                    public: rule.require == Requirement::Anyone,
+                };
+            }
+        }
+        let require = self.unmatched.as_ref().unwrap_or(&Requirement::Nobody);
+        Decision {
+            outcome: self.evaluate(require, req.method, who),
+            rule: None,
+            public: *require == Requirement::Anyone,
+        }
+    }
+
+    fn evaluate(
+        &self,
+        require: &Requirement,
+        method: &http::Method,
+        who: Option<&Subject<'_>>,
+    ) -> Outcome {
+        match (require, who) {
+            (Requirement::Anyone, _) => Outcome::Allow,
+            (Requirement::Nobody, _) => Outcome::Forbidden,
+            (_, None) => Outcome::LoginRequired,
+            (_, Some(s)) if s.superuser => Outcome::Allow,
+            (Requirement::Authenticated, Some(_)) => Outcome::Allow,
+            (Requirement::Superuser, Some(_)) => Outcome::Forbidden,
+            (Requirement::Groups(gs), Some(s)) => {
+                allow_if(gs.iter().any(|g| s.groups.iter().any(|ug| ug == g)))
+            }
+            (Requirement::Permissions(ps), Some(s)) => {
+                allow_if(ps.iter().all(|p| self.has_perm(s, p)))
+            }
+            (Requirement::Resource { .. }, Some(s)) => match resource_permission(require, method) {
+                Some(p) => allow_if(self.has_perm(s, p)),
+                None => Outcome::Forbidden,
+            },
+        }
+    }
+
+    /// Django's `has_perm`: the user's own permissions plus their groups'.
+    pub fn has_perm(&self, s: &Subject<'_>, perm: &str) -> bool {
+        s.superuser
+            || s.permissions.iter().any(|p| p == perm)
+            || s.groups.iter().any(|g| {
+                self.groups
+                    .get(g)
+                    .is_some_and(|grp| grp.permissions.contains(perm))
+            })
+    }
+
+    /// All permissions a subject holds (for `explain` and `/me`).
+    pub fn effective_permissions(&self, s: &Subject<'_>) -> Vec<String> {
+        let mut all: Vec<String> = s.permissions.to_vec();
+        for g in s.groups {
+            if let Some(grp) = self.groups.get(g) {
+                all.extend(grp.permissions.iter().cloned());
+            }
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+fn allow_if(ok: bool) -> Outcome {
+    if ok {
+        Outcome::Allow
+    } else {
+        Outcome::Forbidden
+    }
+}
+
+/// The Django permission a `resource` rule needs for a method; `None` for
+/// methods that map to no action (denied).
+pub fn resource_permission<'r>(require: &'r Requirement, method: &http::Method) -> Option<&'r str> {
+    let Requirement::Resource {
+        view,
+        add,
+        change,
+        delete,
+        ..
+    } = require
+    else {
+        return None;
+    };
+    match *method {
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Some(view),
+        http::Method::POST => Some(add),
+        http::Method::PUT | http::Method::PATCH => Some(change),
+        http::Method::DELETE => Some(delete),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requirement::Anyone => f.write_str("anyone"),
+            Requirement::Authenticated => f.write_str("any signed-in user"),
+            Requirement::Superuser => f.write_str("a superuser"),
+            Requirement::Nobody => f.write_str("nobody"),
+            Requirement::Groups(g) => write!(f, "membership of any of the groups [{}]", g.join(", ")),
+            Requirement::Permissions(p) => write!(f, "all of the permissions [{}]", p.join(", ")),
+            Requirement::Resource { name, .. } => write!(
+                f,
+                "the permission {name}.view (GET/HEAD/OPTIONS), {name}.add (POST), {name}.change (PUT/PATCH) or {name}.delete (DELETE)"
+            ),
+        }
+    }
+}

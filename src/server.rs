@@ -1,0 +1,217 @@
+//! Running the gateway: a Pingora server with the proxy service and a
+//! housekeeping service (session sweeping, SIGHUP reloads, the admin
+//! socket, metrics).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::policy::reload::PolicyHandle;
+use crate::store::Store;
+
+/// Builds the Pingora server configuration from ours (Pingora's own TOML
+/// loader would silently ignore unknown keys).
+pub fn server_conf(cfg: &Config) -> anyhow::Result<ServerConf> {
+    let dir = &cfg.storage.path;
+    let abs = |p: &Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        work_stealing: true,
+        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period.as_secs() + 5),
+        pid_file: abs(&dir.join("portcullis.pid")),
+        upgrade_sock: abs(&dir.join("upgrade.sock")),
+        ..ServerConf::default()
+    };
+    conf.validate()
+        .map_err(|e| anyhow::anyhow!("invalid server settings: {e}"))
+}
+
+/// Loads the policy and runs the gateway until SIGTERM/SIGINT.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let (policy, warnings) =
+        PolicyHandle::load(cfg.policy.files.clone(), cfg.policy.case_insensitive)
+            .map_err(|report| anyhow::anyhow!("the policy does not validate:\n{report}"))?;
+    for w in warnings.warnings() {
+        tracing::warn!(diagnostic = %w, "policy warning");
+    }
+    serve_with(cfg, Arc::new(policy))
+}
+
+pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.storage.path, cfg.storage.cache_bytes)
+        .with_context(|| format!("cannot open the store at {}", cfg.storage.path.display()))?;
+    let watch = cfg.policy.watch;
+    let listen = cfg.server.listen.clone();
+    let conf = server_conf(&cfg)?;
+    let app = Arc::new(App::new(cfg, Arc::clone(&policy), store)?);
+    let _watcher = if watch && !policy.files().is_empty() {
+        match policy.watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch policy files; reload with SIGHUP instead");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&app)));
+    for l in &listen {
+        proxy.add_tcp(&l.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
+            app: Arc::clone(&app),
+        },
+    ));
+    tracing::info!(
+        listen = %listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+        upstream = %app.cfg.upstream.url,
+        public_url = %app.cfg.server.public_url,
+        rules = policy.current().rules.len(),
+        "portcullis is starting"
+    );
+    server.run(RunArgs::default());
+    // Keep idle timers honest across a restart, then make it all durable.
+    if let Err(e) = app.sessions.persist_all() {
+        tracing::error!(error = %e, "could not save session state at shutdown");
+    }
+    let _ = app.store.flush();
+    let _ = std::fs::remove_file(crate::admin::socket_path(&app.cfg.storage.path));
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+struct Housekeeping {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let app = Arc::clone(&self.app);
+        let admin = tokio::spawn(crate::admin::serve(Arc::clone(&app)));
+        let metrics = app
+            .cfg
+            .metrics
+            .clone()
+            .map(|m| tokio::spawn(serve_metrics(Arc::clone(&app), m.listen)));
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(
+            app.cfg
+                .session
+                .sweep_interval
+                .max(Duration::from_millis(100)),
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let p = Arc::clone(&app.policy);
+                    let _ = tokio::task::spawn_blocking(move || p.reload("sighup")).await;
+                }
+                _ = tick.tick() => {
+                    let a = Arc::clone(&app);
+                    match tokio::task::spawn_blocking(move || a.sessions.sweep()).await {
+                        Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "expired sessions swept"),
+                        Ok(Err(e)) => tracing::error!(error = %e, "session sweep failed"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        admin.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+    }
+}
+
+fn update_gauges(app: &App) {
+    let m = &app.metrics;
+    m.sessions_active.set(app.sessions.count() as i64);
+    m.hash_queue.set(app.hasher.depth() as i64);
+    m.policy_reloads.with_label_values(&["ok"]).reset();
+    m.policy_reloads
+        .with_label_values(&["ok"])
+        .inc_by(app.policy.reloads_ok.load(Ordering::Relaxed));
+    m.policy_reloads.with_label_values(&["refused"]).reset();
+    m.policy_reloads
+        .with_label_values(&["refused"])
+        .inc_by(app.policy.reloads_failed.load(Ordering::Relaxed));
+    m.policy_last_good
+        .set(app.policy.last_good.load(Ordering::Relaxed) as i64);
+    m.audit_dropped
+        .set(app.audit.dropped.load(Ordering::Relaxed) as i64);
+}
+
+async fn serve_metrics(app: Arc<App>, addr: std::net::SocketAddr) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, %addr, "cannot listen for metrics");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = Arc::clone(&app);
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        update_gauges(&app);
+                        hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(app.metrics.render())))
+                    } else {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        resp.unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()))),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,491 @@
+//! Server-side cookie sessions.
+//!
+//! The cookie carries a 256-bit random id; the store keys the session by
+//! the SHA-256 of that id, so a copy of the database holds no usable
+//! cookie. Hot sessions are served from a bounded in-memory cache; the
+//! last-seen time is kept in memory and written back only when it has moved
+//! by a coalescing interval, so ordinary requests never write to disk.
+//! Revocations remove from cache and store and flush before answering.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::unix_millis;
+use crate::store::{Result, Store, StoreError};
+
+pub type SessionHash = [u8; 32];
+
+/// A fresh session id: what goes in the cookie (base64url, 43 chars).
+pub struct SessionId(pub [u8; 32]);
+
+impl SessionId {
+    pub fn generate() -> Self {
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        SessionId(b)
+    }
+
+    pub fn to_cookie_value(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Strictly parses a cookie value; anything malformed is no session.
+    pub fn from_cookie_value(v: &str) -> Option<Self> {
+        if v.len() != 43 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(v, &mut out) {
+            Ok(32) => Some(SessionId(out)),
+            _ => None,
+        }
+    }
+
+    pub fn hash(&self) -> SessionHash {
+        Sha256::digest(self.0).into()
+    }
+}
+
+/// A short, non-reversible tag of a session for logs and listings.
+pub fn short_tag(h: &SessionHash) -> String {
+    hex::encode(&h[..6])
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The user's key (lower-cased username).
+    pub user: String,
+    /// Unix milliseconds.
+    pub created: u64,
+    pub last_seen: u64,
+    pub expires: u64,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub user_agent: String,
+    #[serde(default)]
+    pub remember: bool,
+}
+
+/// Where sessions live. The sled store implements it.
+pub trait SessionStore: Send + Sync {
+    fn get(&self, h: &SessionHash) -> Result<Option<SessionRecord>>;
+    fn put(&self, h: &SessionHash, rec: &SessionRecord) -> Result<()>;
+    /// Removes one session durably; returns its record if it existed.
+    fn remove(&self, h: &SessionHash) -> Result<Option<SessionRecord>>;
+    /// Removes all of a user's sessions durably; returns their hashes.
+    fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>>;
+    fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn flush(&self) -> Result<()>;
+}
+
+fn decode(v: &[u8]) -> Result<SessionRecord> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
+}
+
+fn by_user_key(user: &str, h: &SessionHash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 33);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(h);
+    k
+}
+
+impl SessionStore for Store {
+    fn get(&self, h: &SessionHash) -> Result<Option<SessionRecord>> {
+        self.sessions.get(h)?.map(|v| decode(&v)).transpose()
+    }
+
+    fn put(&self, h: &SessionHash, rec: &SessionRecord) -> Result<()> {
+        let v = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.sessions.insert(h, v)?;
+        self.sessions_by_user
+            .insert(by_user_key(&rec.user, h), &[])?;
+        Ok(())
+    }
+
+    fn remove(&self, h: &SessionHash) -> Result<Option<SessionRecord>> {
+        let old = self.sessions.remove(h)?.map(|v| decode(&v)).transpose()?;
+        if let Some(r) = &old {
+            self.sessions_by_user.remove(by_user_key(&r.user, h))?;
+        }
+        self.db.flush()?;
+        Ok(old)
+    }
+
+    fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>> {
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.sessions_by_user.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            if k.len() == prefix.len() + 32 {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&k[prefix.len()..]);
+                self.sessions.remove(h)?;
+                out.push(h);
+            }
+            self.sessions_by_user.remove(k)?;
+        }
+        self.db.flush()?;
+        Ok(out)
+    }
+
+    fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>> {
+        let mut out = Vec::new();
+        match user {
+            Some(u) => {
+                let mut prefix = u.as_bytes().to_vec();
+                prefix.push(0);
+                for kv in self.sessions_by_user.scan_prefix(&prefix) {
+                    let (k, _) = kv?;
+                    if k.len() != prefix.len() + 32 {
+                        continue;
+                    }
+                    let mut h = [0u8; 32];
+                    h.copy_from_slice(&k[prefix.len()..]);
+                    if let Some(r) = SessionStore::get(self, &h)? {
+                        out.push((h, r));
+                    }
+                }
+            }
+            None => {
+                for kv in self.sessions.iter() {
+                    let (k, v) = kv?;
+                    if k.len() == 32 {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(&k);
+                        out.push((h, decode(&v)?));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// A session as the hot path sees it.
+#[derive(Debug)]
+pub struct Live {
+    pub hash: SessionHash,
+    pub user: String,
+    pub created: u64,
+    pub expires: u64,
+    last_seen: AtomicU64,
+    persisted_seen: AtomicU64,
+    pub ip: String,
+    pub user_agent: String,
+    pub remember: bool,
+}
+
+impl Live {
+    fn from_record(hash: SessionHash, r: SessionRecord) -> Self {
+        Live {
+            hash,
+            user: r.user,
+            created: r.created,
+            expires: r.expires,
+            last_seen: AtomicU64::new(r.last_seen),
+            persisted_seen: AtomicU64::new(r.last_seen),
+            ip: r.ip,
+            user_agent: r.user_agent,
+            remember: r.remember,
+        }
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            user: self.user.clone(),
+            created: self.created,
+            last_seen: self.last_seen(),
+            expires: self.expires,
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            remember: self.remember,
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    shards: Vec<Mutex<HashMap<SessionHash, Arc<Live>>>>,
+    shard_cap: usize,
+    pub idle: Duration,
+    pub absolute: Duration,
+    /// Last-seen is written back at most this often per session.
+    coalesce_ms: u64,
+}
+
+pub enum Lookup {
+    Valid(Arc<Live>),
+    /// No such session (never existed, revoked, or swept).
+    Missing,
+    Expired,
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        idle: Duration,
+        absolute: Duration,
+        cache_entries: usize,
+    ) -> Self {
+        // Idle expiry is enforced from the in-memory time; the stored copy
+        // only needs to be fresh enough to survive a restart, so writing
+        // it back every tenth of the idle timeout (at most a minute) is
+        // plenty.
+        let coalesce_ms = (idle.as_millis() as u64 / 10).clamp(1, 60_000);
+        Sessions {
+            store,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shard_cap: (cache_entries / SHARDS).max(16),
+            idle,
+            absolute,
+            coalesce_ms,
+        }
+    }
+
+    fn shard(&self, h: &SessionHash) -> &Mutex<HashMap<SessionHash, Arc<Live>>> {
+        &self.shards[h[0] as usize % SHARDS]
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Creates a session for `user`; returns the cookie id.
+    pub fn create(
+        &self,
+        user: &str,
+        ip: &str,
+        user_agent: &str,
+        remember: bool,
+    ) -> Result<(SessionId, Arc<Live>)> {
+        let id = SessionId::generate();
+        let now = unix_millis();
+        let rec = SessionRecord {
+            user: user.to_string(),
+            created: now,
+            last_seen: now,
+            expires: now + self.absolute.as_millis() as u64,
+            ip: ip.to_string(),
+            user_agent: user_agent.chars().take(256).collect(),
+            remember,
+        };
+        let h = id.hash();
+        self.store.put(&h, &rec)?;
+        let live = Arc::new(Live::from_record(h, rec));
+        self.cache_insert(h, Arc::clone(&live));
+        Ok((id, live))
+    }
+
+    fn cache_insert(&self, h: SessionHash, live: Arc<Live>) {
+        let mut s = self.shard(&h).lock();
+        if s.len() >= self.shard_cap {
+            // Any entry will do: evicted sessions are reloaded from the store.
+            if let Some(k) = s.keys().next().copied() {
+                s.remove(&k);
+            }
+        }
+        s.insert(h, live);
+    }
+
+    /// Finds a session by its hash, enforcing both timeouts, and marks it
+    /// seen. Reads the store only on a cache miss.
+    pub fn lookup(&self, h: &SessionHash) -> Result<Lookup> {
+        let now = unix_millis();
+        let cached = self.shard(h).lock().get(h).cloned();
+        let live = match cached {
+            Some(l) => l,
+            None => match self.store.get(h)? {
+                Some(rec) => {
+                    let l = Arc::new(Live::from_record(*h, rec));
+                    self.cache_insert(*h, Arc::clone(&l));
+                    l
+                }
+                None => return Ok(Lookup::Missing),
+            },
+        };
+        let idle_ms = self.idle.as_millis() as u64;
+        if now >= live.expires || now.saturating_sub(live.last_seen()) >= idle_ms {
+            self.evict(h);
+            return Ok(Lookup::Expired);
+        }
+        live.last_seen.store(now, Ordering::Relaxed);
+        let persisted = live.persisted_seen.load(Ordering::Relaxed);
+        if now.saturating_sub(persisted) >= self.coalesce_ms
+            && live
+                .persisted_seen
+                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // sled buffers this write in memory (no fsync here); only one
+            // request per interval and session gets to do it.
+            self.store.put(h, &live.record())?;
+        }
+        Ok(Lookup::Valid(live))
+    }
+
+    fn evict(&self, h: &SessionHash) {
+        self.shard(h).lock().remove(h);
+    }
+
+    /// Ends one session durably. Blocking (flushes): not on the hot path.
+    pub fn revoke(&self, h: &SessionHash) -> Result<Option<SessionRecord>> {
+        self.evict(h);
+        let r = self.store.remove(h)?;
+        self.evict(h);
+        Ok(r)
+    }
+
+    /// Ends every session of a user durably. Blocking.
+    pub fn revoke_user(&self, user: &str) -> Result<usize> {
+        let hs = self.store.remove_user(user)?;
+        // Cached sessions of this user that the index missed go too.
+        for shard in &self.shards {
+            shard.lock().retain(|_, l| l.user != user);
+        }
+        Ok(hs.len())
+    }
+
+    /// Ends every session of a user except one. Blocking.
+    pub fn revoke_user_except(&self, user: &str, keep: &SessionHash) -> Result<usize> {
+        let mut n = 0;
+        for (h, _) in self.store.list(Some(user))? {
+            if &h != keep {
+                self.revoke(&h)?;
+                n += 1;
+            }
+        }
+        for shard in &self.shards {
+            shard.lock().retain(|k, l| l.user != user || k == keep);
+        }
+        Ok(n)
+    }
+
+    /// Removes expired sessions from the store. Blocking.
+    pub fn sweep(&self) -> Result<usize> {
+        let now = unix_millis();
+        let idle_ms = self.idle.as_millis() as u64;
+        let mut n = 0;
+        for (h, rec) in self.store.list(None)? {
+            let cached_seen = self.shard(&h).lock().get(&h).map(|l| l.last_seen());
+            let seen = cached_seen.unwrap_or(rec.last_seen).max(rec.last_seen);
+            if now >= rec.expires || now.saturating_sub(seen) >= idle_ms {
+                self.evict(&h);
+                self.store.remove(&h)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes back in-memory last-seen times (at shutdown).
+    pub fn persist_all(&self) -> Result<()> {
+        for shard in &self.shards {
+            let lives: Vec<Arc<Live>> = shard.lock().values().cloned().collect();
+            for l in lives {
+                if l.last_seen() != l.persisted_seen.load(Ordering::Relaxed)
+                    && self.store.get(&l.hash)?.is_some()
+                {
+                    self.store.put(&l.hash, &l.record())?;
+                }
+            }
+        }
+        self.store.flush()
+    }
+
+    pub fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>> {
+        let mut v = self.store.list(user)?;
+        for (h, r) in v.iter_mut() {
+            if let Some(l) = self.shard(h).lock().get(h) {
+                r.last_seen = r.last_seen.max(l.last_seen());
+            }
+        }
+        v.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen));
+        Ok(v)
+    }
+
+    pub fn count(&self) -> usize {
+        self.store.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_values_parse_strictly() {
+        let id = SessionId::generate();
+        let v = id.to_cookie_value();
+        assert_eq!(v.len(), 43);
+        assert_eq!(SessionId::from_cookie_value(&v).unwrap().0, id.0);
+        assert!(SessionId::from_cookie_value("").is_none());
+        assert!(SessionId::from_cookie_value(&v[..42]).is_none());
+        assert!(SessionId::from_cookie_value(&format!("{v}A")).is_none());
+        assert!(SessionId::from_cookie_value(&"!".repeat(43)).is_none());
+    }
+
+    #[test]
+    fn store_keeps_only_hashes_and_revocation_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Sessions::new(
+            Arc::new(store.clone()),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            100,
+        );
+        let (id, _) = s.create("alice", "127.0.0.1", "test", false).unwrap();
+        assert!(store.sessions.get(id.0).unwrap().is_none());
+        assert!(store.sessions.get(id.hash()).unwrap().is_some());
+        assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Valid(_)));
+        s.revoke(&id.hash()).unwrap();
+        assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Missing));
+    }
+
+    #[test]
+    fn idle_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Sessions::new(
+            Arc::new(store),
+            Duration::from_millis(50),
+            Duration::from_secs(600),
+            100,
+        );
+        let (id, _) = s.create("bob", "", "", false).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Expired));
+        assert_eq!(s.sweep().unwrap(), 1);
+        assert_eq!(s.count(), 0);
+    }
+}
