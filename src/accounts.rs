@@ -236,7 +236,7 @@ impl Accounts {
 
     pub fn list(&self) -> Result<Vec<User>> {
         let mut v = self.store.list()?;
-        v.sort_by(|a, b| a.key().cmp(&b.key()));
+        v.sort_by_key(|u| u.key());
         Ok(v)
     }
 }

@@ -393,7 +393,8 @@ fn user_cmd(cfg: &Config, json: bool, u: UserCmd) -> anyhow::Result<ExitCode> {
             s(v, "password_algorithm"),
         )
     };
-    let (cmd, text): (Command, Box<dyn Fn(&Value) -> String>) = match u {
+    type Render = Box<dyn Fn(&Value) -> String>;
+    let (cmd, text): (Command, Render) = match u {
         UserCmd::Add {
             name,
             email,
@@ -626,7 +627,8 @@ fn explain(
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect()
     };
-    let (groups, perms, superuser, active) = match &record {
+    type Facts = (Vec<String>, Vec<String>, bool, bool);
+    let (groups, perms, superuser, active): Facts = match &record {
         Some(v) => (
             strings(v, "groups"),
             strings(v, "permissions"),

@@ -26,4 +26,7 @@ impl Throttle {
     pub fn len(&self) -> usize {
         0
     }
+    pub fn is_empty(&self) -> bool {
+        true
+    }
 }

@@ -51,6 +51,21 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// Characters a pattern may contain literally that requests must send
+/// percent-encoded; everything non-ASCII is encoded too.
+const PATTERN_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']');
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),
@@ -99,7 +114,8 @@ impl PathPattern {
                 p => {
                     // Patterns are written as people read paths; compare them
                     // with the canonical form that requests are reduced to.
-                    let canon = crate::canonical::canonicalize(format!("/{p}").as_bytes(), None)
+                    let encoded = percent_encoding::utf8_percent_encode(p, PATTERN_ENCODE).to_string();
+                    let canon = crate::canonical::canonicalize(format!("/{encoded}").as_bytes(), None)
                         .map_err(|e| format!("invalid path {raw:?}: segment {p:?}: {e}"))?;
                     let mut lit = canon.path[1..].to_string();
                     if lit.contains('/') || lit.is_empty() || lit.contains(';') {
