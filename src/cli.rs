@@ -197,7 +197,8 @@ fn init_logging(format: config::LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         config::LogFormat::Text => builder.try_init(),
@@ -307,7 +308,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(u) => u,
                 None => {
                     let cfg = load_config(flag)?;
-                    let a = cfg.server.listen[0];
+                    let a = cfg
+                        .server
+                        .listen
+                        .first()
+                        .copied()
+                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
                     let host = if a.ip().is_unspecified() {
                         "127.0.0.1".to_string()
                     } else {

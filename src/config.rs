@@ -384,7 +384,7 @@ impl Config {
         for (key, value) in doc.get_ref().iter() {
             macro_rules! take {
                 ($slot:expr) => {
-                    if let Some(v) = diag::section(&src, value, &mut report) {
+                    if let Some(v) = diag::section_partial(&src, value, &mut report) {
                         $slot = v;
                     }
                 };
@@ -467,7 +467,10 @@ impl Config {
                     None
                 }
             },
-            None => url::Url::parse(&format!("http://{}", listen[0])).ok(),
+            None => match listen.first() {
+                Some(a) => url::Url::parse(&format!("http://{a}")).ok(),
+                None => url::Url::parse("http://127.0.0.1:8080").ok(),
+            },
         };
         let prefix = match &server.prefix {
             Some(p) => {

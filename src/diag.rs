@@ -158,26 +158,128 @@ pub fn parse_toml<'a>(
 }
 
 /// Deserialises one spanned value (a section, a rule) on its own, so one bad
-/// section does not hide the errors of the next.
+/// section does not hide the errors of the next. Within a table, every
+/// unknown key and every bad value is reported: after each error the
+/// offending key is set aside and the rest is tried again.
 pub fn section<'a, T: serde::de::DeserializeOwned>(
     src: &Source<'_>,
     value: &toml::Spanned<toml::de::DeValue<'a>>,
     report: &mut Report,
 ) -> Option<T> {
-    let de = toml::de::ValueDeserializer::from(value.clone());
-    match T::deserialize(de) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut d = src.toml_error(&e);
-            if e.span().is_none() {
-                let (line, column) = src.line_col(value.span().start);
-                d.line = line;
-                d.column = column;
-            }
-            report.push(d);
-            None
+    let before = report.errors().count();
+    let v = section_partial(src, value, report)?;
+    (report.errors().count() == before).then_some(v)
+}
+
+/// Like [`section`], but returns what could be read even after errors, so
+/// the caller can go on to check the remaining values (the errors are in
+/// `report` and the whole file is refused anyway).
+pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
+    src: &Source<'_>,
+    value: &toml::Spanned<toml::de::DeValue<'a>>,
+    report: &mut Report,
+) -> Option<T> {
+    let mut current = value.clone();
+    let known = field_names::<T>();
+    if let (Some(known), toml::de::DeValue::Table(table)) = (known, current.get_mut()) {
+        let unknown: Vec<_> = table
+            .keys()
+            .filter(|k| !known.contains(&k.get_ref().as_ref()))
+            .cloned()
+            .collect();
+        for k in unknown {
+            report.push(
+                src.error(
+                    Some(k.span()),
+                    format!(
+                        "unknown key `{}`; expected one of {}",
+                        k.get_ref(),
+                        known
+                            .iter()
+                            .map(|f| format!("`{f}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            );
+            table.remove(&k);
         }
     }
+    // Each pass removes one bad key, so this ends.
+    loop {
+        let de = toml::de::ValueDeserializer::from(current.clone());
+        match T::deserialize(de) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let mut d = src.toml_error(&e);
+                if e.span().is_none() {
+                    let (line, column) = src.line_col(value.span().start);
+                    d.line = line;
+                    d.column = column;
+                }
+                report.push(d);
+                let span = e.span()?;
+                let toml::de::DeValue::Table(table) = current.get_mut() else {
+                    return None;
+                };
+                let culprit = table
+                    .iter()
+                    .find(|(k, v)| {
+                        let (ks, vs) = (k.span(), v.span());
+                        (vs.start <= span.start && span.start < vs.end.max(vs.start + 1))
+                            || (ks.start <= span.start && span.start < ks.end.max(ks.start + 1))
+                    })
+                    .map(|(k, _)| k.clone());
+                match culprit {
+                    Some(k) => {
+                        table.remove(&k);
+                    }
+                    None => return None,
+                }
+            }
+        }
+    }
+}
+
+/// The field names a struct deserialises, found by asking serde.
+fn field_names<T: serde::de::DeserializeOwned>() -> Option<&'static [&'static str]> {
+    struct Capture<'c>(&'c mut Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for Capture<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut out = None;
+    let _ = T::deserialize(Capture(&mut out));
+    out
 }
 
 #[cfg(test)]
