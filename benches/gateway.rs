@@ -1,1 +1,2131 @@
-fn main() {}
+//! Performance harness for portcullis (`make bench`, or `make bench-smoke`
+//! for a tiny run that only proves the harness works). What each scenario
+//! measures and the targets are in `docs/BENCHMARKS.md`.
+//!
+//! Everything runs in this one process, except the gateway itself, which is
+//! the real binary:
+//!
+//! - a lean keep-alive upstream (hand-written, one thread) that answers a
+//!   fixed small `200` whose body names the `x-forwarded-user` it received,
+//!   so every response proves whether identity was injected;
+//! - a plain Pingora passthrough built here from the same `pingora` crate,
+//!   with the gateway's server settings (one worker thread each);
+//! - the real `portcullis serve`, with its own temporary config and store;
+//! - a tokio load generator (one thread) speaking HTTP/1.1 over keep-alive
+//!   connections, with a closed-loop (maximum rate) and an open-loop (fixed
+//!   rate, latency measured from the scheduled send) mode.
+//!
+//! Targets are reported, never asserted. The process exits non-zero only
+//! when the harness breaks or a scenario gets a wrong answer (a wrong
+//! status, or an upstream that did not see the identity it should have).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use async_trait::async_trait;
+use hdrhistogram::Histogram;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const PASSWORD: &str = "bench-correct-horse-battery";
+const UA: &str = "portcullis-bench";
+
+// ---------------------------------------------------------------------------
+// The plan: how long each scenario runs.
+
+struct Plan {
+    smoke: bool,
+    /// Connections of the closed-loop (max-rate) runs.
+    conns: usize,
+    /// Connections of the open-loop (fixed-rate) runs.
+    open_conns: usize,
+    warmup: Duration,
+    direct: Duration,
+    slice: Duration,
+    pairs_signed: usize,
+    pairs_denied: usize,
+    pairs_cold: usize,
+    fixed_slice: Duration,
+    pairs_fixed: usize,
+    login: Duration,
+    flood: Duration,
+    /// Wrong-password logins per second during the flood.
+    flood_rate: f64,
+    sessions: usize,
+    rule_iters: u32,
+}
+
+impl Plan {
+    fn new(smoke: bool) -> Plan {
+        if smoke {
+            Plan {
+                smoke,
+                conns: 8,
+                open_conns: 8,
+                warmup: Duration::from_millis(100),
+                direct: Duration::from_millis(300),
+                slice: Duration::from_millis(250),
+                pairs_signed: 1,
+                pairs_denied: 1,
+                pairs_cold: 1,
+                fixed_slice: Duration::from_millis(300),
+                pairs_fixed: 1,
+                login: Duration::from_millis(600),
+                flood: Duration::from_millis(600),
+                flood_rate: 100.0,
+                sessions: 2_000,
+                rule_iters: 20_000,
+            }
+        } else {
+            Plan {
+                smoke,
+                conns: 32,
+                open_conns: 32,
+                warmup: Duration::from_millis(400),
+                direct: Duration::from_secs(2),
+                slice: Duration::from_millis(1500),
+                pairs_signed: 5,
+                pairs_denied: 3,
+                pairs_cold: 3,
+                fixed_slice: Duration::from_secs(2),
+                pairs_fixed: 2,
+                login: Duration::from_secs(4),
+                flood: Duration::from_secs(4),
+                flood_rate: 500.0,
+                sessions: 100_000,
+                rule_iters: 1_000_000,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lean upstream: answers every request with a fixed small 200 whose body
+// is `user=<x-forwarded-user or ->`, on keep-alive, one thread.
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn trim_range(line: &[u8], mut a: usize, mut b: usize) -> (usize, usize) {
+    while a < b && (line[a] == b' ' || line[a] == b'\t') {
+        a += 1;
+    }
+    while b > a && (line[b - 1] == b' ' || line[b - 1] == b'\t') {
+        b -= 1;
+    }
+    (a, b)
+}
+
+fn parse_usize(b: &[u8]) -> Option<usize> {
+    std::str::from_utf8(b).ok()?.trim().parse().ok()
+}
+
+enum Parsed {
+    /// A complete request: its length and where its `x-forwarded-user` is.
+    Complete(usize, Option<(usize, usize)>),
+    Unsupported,
+}
+
+fn parse_request(b: &[u8]) -> Option<Parsed> {
+    let end = find(b, b"\r\n\r\n")? + 4;
+    let mut pos = find(b, b"\r\n")? + 2;
+    let mut body = 0;
+    let mut user = None;
+    while pos + 2 < end {
+        let le = pos + find(&b[pos..end], b"\r\n")?;
+        let line = &b[pos..le];
+        if let Some(c) = line.iter().position(|&x| x == b':') {
+            let name = &line[..c];
+            let (va, vb) = trim_range(b, pos + c + 1, le);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                match parse_usize(&b[va..vb]) {
+                    Some(n) => body = n,
+                    None => return Some(Parsed::Unsupported),
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                return Some(Parsed::Unsupported);
+            } else if name.eq_ignore_ascii_case(b"x-forwarded-user") {
+                user = Some((va, vb));
+            }
+        }
+        pos = le + 2;
+    }
+    if b.len() < end + body {
+        return None;
+    }
+    Some(Parsed::Complete(end + body, user))
+}
+
+async fn upstream_conn(mut s: TcpStream) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let mut off = 0;
+        while let Some(p) = parse_request(&buf[off..]) {
+            match p {
+                Parsed::Complete(len, user) => {
+                    let user: &[u8] = match user {
+                        Some((a, b)) => &buf[off + a..off + b],
+                        None => b"-",
+                    };
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\nuser=",
+                        5 + user.len()
+                    );
+                    out.extend_from_slice(user);
+                    off += len;
+                }
+                Parsed::Unsupported => {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+            }
+        }
+        buf.drain(..off);
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        buf.reserve(4096);
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn spawn_upstream() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.set_nonblocking(true)?;
+    let addr = l.local_addr()?;
+    std::thread::Builder::new()
+        .name("bench-upstream".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("upstream runtime");
+            rt.block_on(async move {
+                let l = TcpListener::from_std(l).expect("upstream listener");
+                loop {
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(upstream_conn(s));
+                }
+            });
+        })?;
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------
+// The plain Pingora passthrough.
+
+struct Passthrough {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // The same peer options as the gateway's, so both pool and time out
+        // upstream connections alike.
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(7));
+        peer.options.read_timeout = Some(Duration::from_secs(3));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+}
+
+struct StopSignal(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+struct PassthroughServer {
+    addr: SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PassthroughServer {
+    fn start(upstream: SocketAddr, dir: &Path) -> anyhow::Result<PassthroughServer> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        // As the gateway builds it in src/server.rs (threads = 1 there too).
+        let conf = ServerConf {
+            threads: 1,
+            work_stealing: true,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            pid_file: dir.join("passthrough.pid").display().to_string(),
+            upgrade_sock: dir.join("passthrough-upgrade.sock").display().to_string(),
+            ..ServerConf::default()
+        }
+        .validate()
+        .map_err(|e| anyhow!("passthrough server settings: {e}"))?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = StopSignal(Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("bench-passthrough".into())
+            .spawn(move || {
+                let mut server = Server::new_with_opt_and_conf(None, conf);
+                server.bootstrap();
+                let mut svc = pingora::proxy::http_proxy_service(
+                    &server.configuration,
+                    Passthrough { upstream },
+                );
+                svc.add_tcp(&addr.to_string());
+                server.add_service(svc);
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(signal),
+                });
+            })?;
+        wait_listening(addr, Duration::from_secs(10))?;
+        Ok(PassthroughServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on {addr}")
+}
+
+// ---------------------------------------------------------------------------
+// The real gateway, as a child process.
+
+fn policy_text(fillers: usize) -> String {
+    let mut s = String::from(
+        "[groups.staff]\npermissions = [\"reports.view\"]\n\n[groups.ops]\npermissions = [\"invoices.view\", \"reports.export\"]\n\n",
+    );
+    // Rules a real site might have, none of which the benchmark's requests
+    // match, so every decision walks past all of them.
+    for i in 0..fillers {
+        let _ = match i % 5 {
+            0 => writeln!(
+                s,
+                "[[rule]]\nname = \"svc{i}\"\npath = \"/svc{i}/**\"\ngroups = [\"staff\", \"ops\"]\n"
+            ),
+            1 => writeln!(
+                s,
+                "[[rule]]\npath = [\"/api/v{i}/*/items\", \"/api/v{i}/*/items/**\"]\npermissions = [\"reports.view\"]\n"
+            ),
+            2 => writeln!(
+                s,
+                "[[rule]]\npath = \"/reports{i}/export\"\nmethods = [\"POST\"]\npermissions = [\"reports.export\"]\n"
+            ),
+            3 => writeln!(
+                s,
+                "[[rule]]\nhost = \"t{i}.example.com\"\npath = \"/**\"\nresource = \"invoices\"\n"
+            ),
+            _ => writeln!(
+                s,
+                "[[rule]]\npath = \"/static{i}/*/assets/**\"\nallow = \"anyone\"\n"
+            ),
+        };
+    }
+    s.push_str(
+        "[[rule]]\nname = \"public\"\npath = \"/public/**\"\nallow = \"anyone\"\n\n\
+         [[rule]]\nname = \"admin\"\npath = \"/admin/**\"\ngroups = [\"staff\"]\n\n\
+         [[rule]]\nname = \"rest\"\npath = \"/**\"\nallow = \"authenticated\"\n",
+    );
+    s
+}
+
+struct Gateway {
+    dir: PathBuf,
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    fn new(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Gateway> {
+        std::fs::write(dir.join("policy.toml"), policy_text(20))?;
+        let mut g = Gateway {
+            dir: dir.to_path_buf(),
+            config: dir.join("portcullis.toml"),
+            port: 0,
+            child: None,
+        };
+        g.write_config(upstream, 200_000)?;
+        Ok(g)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn write_config(&mut self, upstream: SocketAddr, cache_entries: usize) -> anyhow::Result<()> {
+        self.port = free_port()?;
+        let port = self.port;
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n\n\
+             [upstream]\nurl = \"http://{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n\
+             [storage]\npath = \"data\"\n\n\
+             [policy]\nfiles = [\"policy.toml\"]\nwatch = false\n\n\
+             [session]\ncache_entries = {cache_entries}\nsweep_interval = \"10m\"\n\n\
+             [log]\naudit_file = \"audit.jsonl\"\n"
+        );
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
+    fn add_user(&self, name: &str, groups: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["user", "add", name, "--password-stdin"]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run portcullis user add")?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(format!("{PASSWORD}\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "portcullis user add {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `portcullis serve` (retrying on another port if the one it
+    /// was given got taken) and waits until it answers its health check.
+    fn start(&mut self, upstream: SocketAddr, cache_entries: usize) -> anyhow::Result<()> {
+        for attempt in 0..4 {
+            self.write_config(upstream, cache_entries)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("gateway.log"))?;
+            // Access logging off (warn): the passthrough logs nothing either.
+            let child = Command::new(BIN)
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("cannot start portcullis serve")?;
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    self.child = None;
+                    break;
+                }
+                if let Ok(r) = http_once(
+                    self.addr(),
+                    &get_req(self.addr(), "/.portcullis/health", None, false),
+                ) {
+                    if r.status == 200 {
+                        return Ok(());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            self.stop();
+            eprintln!("  gateway did not start (attempt {attempt}); retrying");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bail!(
+            "the gateway did not start; its log:\n{}",
+            std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+        )
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Graceful stop (SIGTERM; grace_period = 0) so sled is flushed.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Logs in over HTTP; returns the session cookie's value.
+    fn login(&self, user: &str) -> anyhow::Result<String> {
+        let r = http_once(self.addr(), &login_req(self.addr(), user, PASSWORD))?;
+        if r.status != 200 {
+            bail!(
+                "login as {user} answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        r.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .find_map(|(_, v)| {
+                v.strip_prefix("portcullis_session=")
+                    .map(|rest| rest.split(';').next().unwrap_or("").to_string())
+            })
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| anyhow!("login as {user} set no session cookie"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// Disk space used under `p`, as `du` counts it (allocated blocks).
+fn du_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => m.blocks() * 512 + du_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------
+// Requests.
+
+fn get_req(addr: SocketAddr, path: &str, cookie: Option<&str>, html: bool) -> Vec<u8> {
+    let accept = if html {
+        "text/html,application/xhtml+xml"
+    } else {
+        "application/json"
+    };
+    let mut s =
+        format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: {UA}\r\naccept: {accept}\r\n");
+    if let Some(c) = cookie {
+        let _ = write!(s, "cookie: portcullis_session={c}\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+fn login_req(addr: SocketAddr, user: &str, password: &str) -> Vec<u8> {
+    let body = json!({ "username": user, "password": password }).to_string();
+    format!(
+        "POST /.portcullis/login HTTP/1.1\r\nhost: {addr}\r\nuser-agent: {UA}\r\naccept: application/json\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+struct OneResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// One blocking request on a fresh connection (setup and sanity checks).
+fn http_once(addr: SocketAddr, req: &[u8]) -> anyhow::Result<OneResponse> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(req)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head_end, status, headers) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..p]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| anyhow!("bad status line"))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            break (p + 4, status, headers);
+        }
+    };
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = buf.len().min(head_end + len);
+    Ok(OneResponse {
+        status,
+        headers,
+        body: buf[head_end..end].to_vec(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The load generator.
+
+#[derive(Clone)]
+enum Expect {
+    /// This status and exactly this body.
+    Body(u16, Vec<u8>),
+    Status(u16),
+    AnyOf(&'static [u16]),
+}
+
+#[derive(Clone)]
+struct Req {
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+#[derive(Clone, Copy)]
+enum Pick {
+    /// Round-robin over the requests (each connection from its own offset).
+    Cycle,
+    /// Uniformly at random.
+    Random,
+    /// Each request exactly once, across all connections; then stop.
+    EachOnce,
+}
+
+#[derive(Clone)]
+struct Load {
+    addr: SocketAddr,
+    reqs: Arc<Vec<Req>>,
+    pick: Pick,
+    /// Source addresses, one per connection in turn (loopback has all of
+    /// 127/8); empty: the system's choice.
+    sources: Arc<Vec<IpAddr>>,
+}
+
+impl Load {
+    fn new(addr: SocketAddr, reqs: Vec<Req>, pick: Pick) -> Load {
+        Load {
+            addr,
+            reqs: Arc::new(reqs),
+            pick,
+            sources: Arc::new(Vec::new()),
+        }
+    }
+
+    fn source(&self, conn: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[conn % self.sources.len()])
+    }
+}
+
+struct Picker {
+    pick: Pick,
+    n: usize,
+    next: usize,
+    step: usize,
+    rng: u64,
+    shared: Arc<AtomicUsize>,
+}
+
+impl Picker {
+    fn new(pick: Pick, n: usize, conn: usize, conns: usize, shared: Arc<AtomicUsize>) -> Picker {
+        Picker {
+            pick,
+            n,
+            next: conn % n.max(1),
+            step: conns.max(1),
+            rng: 0x9E37_79B9_7F4A_7C15 ^ ((conn as u64 + 1) * 0xD1B5_4A32_D192_ED03),
+            shared,
+        }
+    }
+
+    fn next(&mut self) -> Option<usize> {
+        match self.pick {
+            Pick::Cycle => {
+                let i = self.next;
+                self.next = (self.next + self.step) % self.n;
+                Some(i)
+            }
+            Pick::Random => {
+                // xorshift64*
+                self.rng ^= self.rng >> 12;
+                self.rng ^= self.rng << 25;
+                self.rng ^= self.rng >> 27;
+                let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                Some((r % self.n as u64) as usize)
+            }
+            Pick::EachOnce => {
+                let i = self.shared.fetch_add(1, Ordering::Relaxed);
+                (i < self.n).then_some(i)
+            }
+        }
+    }
+}
+
+struct Stats {
+    /// Latency in nanoseconds.
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    statuses: BTreeMap<u16, u64>,
+    first_error: Option<String>,
+    elapsed: Duration,
+    /// Open loop: scheduled requests never sent (the target fell behind).
+    backlog: u64,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            hist: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            ok: 0,
+            errors: 0,
+            statuses: BTreeMap::new(),
+            first_error: None,
+            elapsed: Duration::ZERO,
+            backlog: 0,
+        }
+    }
+
+    fn error(&mut self, why: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(why);
+        }
+    }
+
+    fn merge(&mut self, o: Stats) {
+        let _ = self.hist.add(&o.hist);
+        self.ok += o.ok;
+        self.errors += o.errors;
+        for (k, v) in o.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.backlog += o.backlog;
+    }
+
+    /// Correct answers per second.
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn p_us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "ok": self.ok,
+            "errors": self.errors,
+            "rate_per_s": round1(self.rate()),
+            "elapsed_s": round3(self.elapsed.as_secs_f64()),
+            "p50_us": round1(self.p_us(0.50)),
+            "p90_us": round1(self.p_us(0.90)),
+            "p99_us": round1(self.p_us(0.99)),
+            "p999_us": round1(self.p_us(0.999)),
+            "max_us": round1(self.hist.max() as f64 / 1000.0),
+            "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "backlog": self.backlog,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+    head: usize,
+    body: Vec<u8>,
+}
+
+fn io_err(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Conn> {
+        let s = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(addr).await?
+            }
+        };
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            s,
+            buf: Vec::with_capacity(16 * 1024),
+            head: 0,
+            body: Vec::with_capacity(1024),
+        })
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head > 32 * 1024 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        self.buf.reserve(16 * 1024);
+        if self.s.read_buf(&mut self.buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by the server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends one request and reads its response: the status, and whether
+    /// the server will close the connection. The body lands in `self.body`.
+    async fn roundtrip(&mut self, req: &[u8]) -> std::io::Result<(u16, bool)> {
+        self.s.write_all(req).await?;
+        loop {
+            let (status, close) = self.read_response().await?;
+            if !(100..200).contains(&status) {
+                return Ok((status, close));
+            }
+        }
+    }
+
+    async fn read_response(&mut self) -> std::io::Result<(u16, bool)> {
+        let mut scanned = self.head;
+        let hend = loop {
+            let from = scanned.saturating_sub(3).max(self.head);
+            if let Some(p) = find(&self.buf[from..], b"\r\n\r\n") {
+                break from + p + 4;
+            }
+            scanned = self.buf.len();
+            self.fill().await?;
+        };
+        let head = &self.buf[self.head..hend];
+        if head.len() < 12 || !head.starts_with(b"HTTP/1.") {
+            return Err(io_err("not an HTTP/1 response"));
+        }
+        let status = parse_usize(&head[9..12]).ok_or_else(|| io_err("bad status code"))? as u16;
+        let mut len = None;
+        let mut chunked = false;
+        let mut close = head.starts_with(b"HTTP/1.0");
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let Some(c) = line.iter().position(|&x| x == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..c], line[c + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                len = Some(parse_usize(value).ok_or_else(|| io_err("bad content-length"))?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case(b"chunked");
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                close = value.eq_ignore_ascii_case(b"close");
+            }
+        }
+        self.head = hend;
+        self.body.clear();
+        if (100..200).contains(&status) || status == 204 || status == 304 {
+            return Ok((status, close));
+        }
+        if chunked {
+            loop {
+                let le = loop {
+                    if let Some(p) = find(&self.buf[self.head..], b"\r\n") {
+                        break self.head + p;
+                    }
+                    self.fill().await?;
+                };
+                let size_txt = &self.buf[self.head..le];
+                let size_txt = size_txt.split(|&b| b == b';').next().unwrap_or(b"");
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(size_txt)
+                        .map_err(|_| io_err("bad chunk"))?
+                        .trim(),
+                    16,
+                )
+                .map_err(|_| io_err("bad chunk size"))?;
+                self.head = le + 2;
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    loop {
+                        let le = loop {
+                            if let Some(p) = find(&self.buf[self.head..], b"\r\n") {
+                                break self.head + p;
+                            }
+                            self.fill().await?;
+                        };
+                        let empty = le == self.head;
+                        self.head = le + 2;
+                        if empty {
+                            return Ok((status, close));
+                        }
+                    }
+                }
+                while self.buf.len() - self.head < size + 2 {
+                    self.fill().await?;
+                }
+                self.body
+                    .extend_from_slice(&self.buf[self.head..self.head + size]);
+                self.head += size + 2;
+            }
+        }
+        match len {
+            Some(n) => {
+                while self.buf.len() - self.head < n {
+                    self.fill().await?;
+                }
+                self.body
+                    .extend_from_slice(&self.buf[self.head..self.head + n]);
+                self.head += n;
+                Ok((status, close))
+            }
+            None => {
+                // Close-delimited: read to the end.
+                loop {
+                    match self.fill().await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.body.extend_from_slice(&self.buf[self.head..]);
+                self.head = self.buf.len();
+                Ok((status, true))
+            }
+        }
+    }
+}
+
+/// Checks one answer; returns why it is wrong.
+fn check(expect: &Expect, status: u16, body: &[u8]) -> Result<(), String> {
+    match expect {
+        Expect::Body(s, b) if status == *s && body == b.as_slice() => Ok(()),
+        Expect::Body(s, b) => Err(format!(
+            "expected {s} {:?}, got {status} {:?}",
+            String::from_utf8_lossy(b),
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+        Expect::Status(s) if status == *s => Ok(()),
+        Expect::Status(s) => Err(format!(
+            "expected status {s}, got {status} {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+        Expect::AnyOf(ss) if ss.contains(&status) => Ok(()),
+        Expect::AnyOf(ss) => Err(format!("expected one of {ss:?}, got {status}")),
+    }
+}
+
+/// One request on `conn`, measured from `since`; reconnects when needed.
+async fn exchange(
+    conn: &mut Option<Conn>,
+    (addr, source): (SocketAddr, Option<IpAddr>),
+    req: &Req,
+    since: Instant,
+    st: &mut Stats,
+) {
+    if conn.is_none() {
+        match Conn::connect(addr, source).await {
+            Ok(c) => *conn = Some(c),
+            Err(e) => {
+                st.error(format!("connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                return;
+            }
+        }
+    }
+    let Some(c) = conn.as_mut() else { return };
+    match c.roundtrip(&req.bytes).await {
+        Ok((status, close)) => {
+            let dt = since.elapsed().as_nanos() as u64;
+            let _ = st.hist.record(dt.max(1));
+            *st.statuses.entry(status).or_default() += 1;
+            match check(&req.expect, status, &c.body) {
+                Ok(()) => st.ok += 1,
+                Err(why) => st.error(why),
+            }
+            if close {
+                *conn = None;
+            }
+        }
+        Err(e) => {
+            st.error(format!("i/o: {e}"));
+            *conn = None;
+        }
+    }
+}
+
+async fn connect_all(load: &Load, n: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        v.push(
+            Conn::connect(load.addr, load.source(i))
+                .await
+                .with_context(|| format!("cannot connect to {}", load.addr))?,
+        );
+    }
+    Ok(v)
+}
+
+/// Closed loop: `conns` connections each send as fast as answers come.
+async fn closed_loop(load: &Load, conns: usize, dur: Duration) -> anyhow::Result<Stats> {
+    let cs = connect_all(load, conns).await?;
+    let shared = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, c) in cs.into_iter().enumerate() {
+        let load = load.clone();
+        let mut picker = Picker::new(load.pick, load.reqs.len(), i, conns, Arc::clone(&shared));
+        set.spawn(async move {
+            let mut st = Stats::new();
+            let mut conn = Some(c);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let Some(idx) = picker.next() else { break };
+                exchange(
+                    &mut conn,
+                    (load.addr, load.source(i)),
+                    &load.reqs[idx],
+                    t0,
+                    &mut st,
+                )
+                .await;
+            }
+            st
+        });
+    }
+    let mut total = Stats::new();
+    while let Some(r) = set.join_next().await {
+        total.merge(r.context("load task panicked")?);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// The open loop's shared schedule: the pacer thread queues one release
+/// time per scheduled request and adds a permit; a free connection takes
+/// the oldest, so a request that waits for a connection waits on the clock.
+struct Schedule {
+    permits: tokio::sync::Semaphore,
+    queue: parking_lot::Mutex<VecDeque<Instant>>,
+}
+
+fn pace(sched: &Schedule, rate: f64, dur: Duration) -> u64 {
+    // Fine-grained sleeps (the default timer slack is 50 µs).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    let start = Instant::now();
+    let total = (rate * dur.as_secs_f64()).round() as u64;
+    let at = |k: u64| start + Duration::from_nanos((k as f64 * 1e9 / rate) as u64);
+    let mut k = 0u64;
+    while k < total {
+        let slot = at(k);
+        let now = Instant::now();
+        if slot > now {
+            std::thread::sleep(slot - now);
+        }
+        // Stamp with the release time: how late this thread woke is the
+        // generator's fault, not the server's, and is left out.
+        let now = Instant::now();
+        let mut n = 0;
+        {
+            let mut q = sched.queue.lock();
+            while k < total && at(k) <= now {
+                q.push_back(now);
+                k += 1;
+                n += 1;
+            }
+        }
+        sched.permits.add_permits(n);
+    }
+    let backlog = sched.queue.lock().len() as u64;
+    sched.permits.close();
+    backlog
+}
+
+/// Open loop: requests at a fixed rate, latency from the scheduled send
+/// time, so a slow answer delays the clock, not the schedule (no
+/// coordinated omission).
+async fn open_loop(load: &Load, conns: usize, rate: f64, dur: Duration) -> anyhow::Result<Stats> {
+    let cs = connect_all(load, conns).await?;
+    let sched = Arc::new(Schedule {
+        permits: tokio::sync::Semaphore::new(0),
+        queue: parking_lot::Mutex::new(VecDeque::new()),
+    });
+    let shared = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, c) in cs.into_iter().enumerate() {
+        let load = load.clone();
+        let sched = Arc::clone(&sched);
+        let mut picker = Picker::new(load.pick, load.reqs.len(), i, conns, Arc::clone(&shared));
+        set.spawn(async move {
+            let mut st = Stats::new();
+            let mut conn = Some(c);
+            while let Ok(p) = sched.permits.acquire().await {
+                p.forget();
+                let Some(since) = sched.queue.lock().pop_front() else {
+                    break;
+                };
+                let Some(idx) = picker.next() else { break };
+                exchange(
+                    &mut conn,
+                    (load.addr, load.source(i)),
+                    &load.reqs[idx],
+                    since,
+                    &mut st,
+                )
+                .await;
+            }
+            st
+        });
+    }
+    let s2 = Arc::clone(&sched);
+    let backlog = tokio::task::spawn_blocking(move || pace(&s2, rate, dur))
+        .await
+        .context("pacer panicked")?;
+    let mut total = Stats::new();
+    while let Some(r) = set.join_next().await {
+        total.merge(r.context("load task panicked")?);
+    }
+    total.elapsed = start.elapsed();
+    total.backlog = backlog;
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------
+// Reporting.
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+struct Figure {
+    key: &'static str,
+    what: String,
+    value: f64,
+    unit: &'static str,
+    target: Option<(&'static str, f64)>,
+}
+
+impl Figure {
+    fn pass(&self) -> Option<bool> {
+        self.target.map(|(op, t)| match op {
+            ">=" => self.value >= t,
+            "<=" => self.value <= t,
+            "==" => self.value == t,
+            _ => false,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    scenarios: serde_json::Map<String, Value>,
+    /// Wrong answers in scenarios that must have none: the harness fails.
+    wrong: Vec<String>,
+}
+
+impl Report {
+    fn fig(
+        &mut self,
+        key: &'static str,
+        what: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        target: Option<(&'static str, f64)>,
+    ) {
+        self.figures.push(Figure {
+            key,
+            what: what.into(),
+            value,
+            unit,
+            target,
+        });
+    }
+
+    /// Records a run that must have no wrong answers.
+    fn strict(&mut self, name: &str, st: &Stats) {
+        if st.errors > 0 {
+            self.wrong.push(format!(
+                "{name}: {} wrong answers of {} (first: {})",
+                st.errors,
+                st.ok + st.errors,
+                st.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    let n = if v.abs() >= 1000.0 || unit == "req/s" || unit == "ns" {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    };
+    if unit.is_empty() {
+        n
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
+fn print_table(r: &Report) {
+    let rows: Vec<[String; 4]> = r
+        .figures
+        .iter()
+        .map(|f| {
+            [
+                f.what.clone(),
+                fmt_value(f.value, f.unit),
+                f.target
+                    .map(|(op, t)| format!("{op} {}", fmt_value(t, f.unit)))
+                    .unwrap_or_else(|| "-".into()),
+                match f.pass() {
+                    Some(true) => "pass".into(),
+                    Some(false) => "MISS".into(),
+                    None => "".into(),
+                },
+            ]
+        })
+        .collect();
+    let head = ["figure", "value", "target", "result"];
+    let mut w = [0usize; 4];
+    for row in rows
+        .iter()
+        .map(|r| r.each_ref().map(|s| s.chars().count()))
+        .chain([head.map(str::len)])
+    {
+        for i in 0..4 {
+            w[i] = w[i].max(row[i]);
+        }
+    }
+    let line = |c: [&str; 4]| {
+        println!(
+            "| {:<w0$} | {:>w1$} | {:>w2$} | {:<w3$} |",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        )
+    };
+    line(head);
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(w[0] + 2),
+        "-".repeat(w[1] + 2),
+        "-".repeat(w[2] + 2),
+        "-".repeat(w[3] + 2)
+    );
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn report_path() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("bench-report.json")
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios.
+
+/// Alternating slices of two loads (A first in even pairs, B first in odd
+/// ones, so drift hits both alike); returns the merged stats of each.
+async fn interleaved(
+    a: &Load,
+    b: &Load,
+    plan: &Plan,
+    pairs: usize,
+    slices: &mut Vec<Value>,
+) -> anyhow::Result<(Stats, Stats)> {
+    let (mut sa, mut sb) = (Stats::new(), Stats::new());
+    for i in 0..pairs {
+        let order: [(bool, &Load); 2] = if i % 2 == 0 {
+            [(true, a), (false, b)]
+        } else {
+            [(false, b), (true, a)]
+        };
+        let mut pair = serde_json::Map::new();
+        for (is_a, l) in order {
+            let st = closed_loop(l, plan.conns, plan.slice).await?;
+            pair.insert(
+                if is_a { "a_rate" } else { "b_rate" }.into(),
+                json!(round1(st.rate())),
+            );
+            let dst = if is_a { &mut sa } else { &mut sb };
+            let elapsed = dst.elapsed + st.elapsed;
+            dst.merge(st);
+            dst.elapsed = elapsed;
+        }
+        slices.push(Value::Object(pair));
+    }
+    Ok((sa, sb))
+}
+
+/// Same, for the open loop at `rate`.
+async fn interleaved_open(
+    a: &Load,
+    b: &Load,
+    plan: &Plan,
+    rate: f64,
+) -> anyhow::Result<(Stats, Stats)> {
+    let (mut sa, mut sb) = (Stats::new(), Stats::new());
+    for i in 0..plan.pairs_fixed {
+        let order: [(bool, &Load); 2] = if i % 2 == 0 {
+            [(true, a), (false, b)]
+        } else {
+            [(false, b), (true, a)]
+        };
+        for (is_a, l) in order {
+            let st = open_loop(l, plan.open_conns, rate, plan.fixed_slice).await?;
+            let dst = if is_a { &mut sa } else { &mut sb };
+            let elapsed = dst.elapsed + st.elapsed;
+            dst.merge(st);
+            dst.elapsed = elapsed;
+        }
+    }
+    Ok((sa, sb))
+}
+
+fn signed_in_reqs(addr: SocketAddr, cookies: &[String], user: &str) -> Vec<Req> {
+    cookies
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Req {
+            bytes: get_req(
+                addr,
+                &format!("/app/reports/{}?tab=summary", i % 97),
+                Some(c),
+                false,
+            ),
+            expect: Expect::Body(200, format!("user={user}").into_bytes()),
+        })
+        .collect()
+}
+
+/// The same requests sent to the passthrough: it forwards everything, and
+/// the upstream must see no identity.
+fn via_passthrough(addr: SocketAddr, reqs: &[Req], gw: SocketAddr) -> Vec<Req> {
+    let from = format!("host: {gw}\r\n");
+    let to = format!("host: {addr}\r\n");
+    reqs.iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.bytes).replacen(&from, &to, 1);
+            Req {
+                bytes: text.into_bytes(),
+                expect: Expect::Body(200, b"user=-".to_vec()),
+            }
+        })
+        .collect()
+}
+
+fn sanity(gw: &Gateway, alice: &str, sam: &str) -> anyhow::Result<()> {
+    let a = gw.addr();
+    let cases: [(Vec<u8>, u16, Option<&str>); 6] = [
+        (
+            get_req(a, "/app/x", Some(alice), false),
+            200,
+            Some("user=alice"),
+        ),
+        (get_req(a, "/app/x", None, false), 401, None),
+        (get_req(a, "/app/x", None, true), 302, None),
+        (get_req(a, "/admin/x", Some(alice), false), 403, None),
+        (
+            get_req(a, "/admin/x", Some(sam), false),
+            200,
+            Some("user=sam"),
+        ),
+        (get_req(a, "/public/x", None, false), 200, Some("user=-")),
+    ];
+    for (req, status, body) in cases {
+        let r = http_once(a, &req)?;
+        let line = String::from_utf8_lossy(&req)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if r.status != status || body.is_some_and(|b| r.body != b.as_bytes()) {
+            bail!(
+                "sanity check {line:?}: expected {status} {body:?}, got {} {:?}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Times `Policy::decide` on a compiled policy of `fillers + 3` rules.
+fn rule_matching(fillers: usize, iters: u32) -> anyhow::Result<(usize, f64, f64)> {
+    use portcullis::policy::{Outcome, Request, Subject};
+    let text = policy_text(fillers);
+    let (policy, _warnings) = portcullis::policy::load::compile(
+        &[(Path::new("bench-policy.toml"), text.as_str())],
+        false,
+    )
+    .map_err(|r| anyhow!("the bench policy does not compile:\n{r}"))?;
+    let groups: Vec<String> = Vec::new();
+    let perms: Vec<String> = Vec::new();
+    let who = Subject {
+        superuser: false,
+        groups: &groups,
+        permissions: &perms,
+    };
+    let get = http::Method::GET;
+    let worst = Request {
+        method: &get,
+        host: "app.example.com",
+        path: "/app/reports/2024/summary",
+    };
+    let d = policy.decide(&worst, Some(&who));
+    if d.outcome != Outcome::Allow || d.rule.and_then(|r| r.name.as_deref()) != Some("rest") {
+        bail!("rule matching: /app/... should be decided by the last rule");
+    }
+    let time = |req: &Request<'_>| {
+        for _ in 0..iters / 10 {
+            std::hint::black_box(policy.decide(std::hint::black_box(req), Some(&who)));
+        }
+        let t = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(policy.decide(std::hint::black_box(req), Some(&who)));
+        }
+        t.elapsed().as_nanos() as f64 / iters as f64
+    };
+    let worst_ns = time(&worst);
+    let first = Request {
+        method: &get,
+        host: "app.example.com",
+        path: "/svc0/a/b",
+    };
+    let first_ns = time(&first);
+    Ok((policy.rules.len(), worst_ns, first_ns))
+}
+
+fn main() {
+    let smoke = std::env::var_os("BENCH_SMOKE").is_some_and(|v| !v.is_empty() && v != "0");
+    let plan = Plan::new(smoke);
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+    let mut report = Report::default();
+    let result = rt.block_on(run(&plan, &mut report));
+    let elapsed = started.elapsed();
+    if let Err(e) = &result {
+        eprintln!("\nthe benchmark harness failed: {e:#}");
+    }
+    println!(
+        "\nportcullis gateway benchmark ({}; {} CPUs, {}; commit {}; {:.1} s)\n",
+        if smoke {
+            "SMOKE run: figures meaningless"
+        } else {
+            "full run"
+        },
+        cores(),
+        cpu_model(),
+        git_commit(),
+        elapsed.as_secs_f64()
+    );
+    print_table(&report);
+    let out = json!({
+        "smoke": smoke,
+        "commit": git_commit(),
+        "nproc": cores(),
+        "cpu": cpu_model(),
+        "duration_s": round1(elapsed.as_secs_f64()),
+        "figures": report.figures.iter().map(|f| json!({
+            "key": f.key,
+            "figure": f.what,
+            "value": f.value,
+            "unit": f.unit,
+            "target": f.target.map(|(op, t)| format!("{op} {t}")),
+            "pass": f.pass(),
+        })).collect::<Vec<_>>(),
+        "scenarios": Value::Object(report.scenarios.clone()),
+        "wrong_answers": report.wrong,
+        "error": result.as_ref().err().map(|e| format!("{e:#}")),
+    });
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match serde_json::to_string_pretty(&out).map(|s| std::fs::write(&path, s)) {
+        Ok(Ok(())) => println!("\nreport: {}", path.display()),
+        _ => eprintln!("cannot write {}", path.display()),
+    }
+    if !report.wrong.is_empty() {
+        eprintln!("\nWRONG ANSWERS (the harness fails):");
+        for w in &report.wrong {
+            eprintln!("  {w}");
+        }
+    }
+    if result.is_err() || !report.wrong.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn step(name: &str) {
+    eprintln!("[bench] {name}");
+}
+
+async fn run(plan: &Plan, rep: &mut Report) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let upstream = spawn_upstream()?;
+    let mut pt = PassthroughServer::start(upstream, tmp.path())?;
+    let gw_dir = tmp.path().join("gateway");
+    std::fs::create_dir_all(&gw_dir)?;
+    let mut gw = Gateway::new(&gw_dir, upstream)?;
+    let res = scenarios(plan, rep, upstream, pt.addr, &mut gw).await;
+    gw.stop();
+    pt.stop();
+    if res.is_err() {
+        eprintln!(
+            "gateway log (tail):\n{}",
+            std::fs::read_to_string(gw_dir.join("gateway.log"))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    res
+}
+
+async fn scenarios(
+    plan: &Plan,
+    rep: &mut Report,
+    upstream: SocketAddr,
+    pt: SocketAddr,
+    gw: &mut Gateway,
+) -> anyhow::Result<()> {
+    step("creating users (argon2, through the CLI) and starting the gateway");
+    gw.add_user("alice", &[])?;
+    gw.add_user("sam", &["staff"])?;
+    gw.add_user("dave", &[])?;
+    gw.start(upstream, 200_000)?;
+    let alice = gw.login("alice")?;
+    let sam = gw.login("sam")?;
+    sanity(gw, &alice, &sam)?;
+    let ga = gw.addr();
+
+    // The signed-in workload and its passthrough twin.
+    let gw_signed = Load::new(
+        ga,
+        signed_in_reqs(ga, &[alice.clone()], "alice"),
+        Pick::Cycle,
+    );
+    let pt_signed = Load::new(pt, via_passthrough(pt, &gw_signed.reqs, ga), Pick::Cycle);
+
+    // Warm up every path once (upstream pools, caches, page faults).
+    let direct = Load::new(
+        upstream,
+        vec![Req {
+            bytes: get_req(upstream, "/app/reports/1?tab=summary", Some(&alice), false),
+            expect: Expect::Body(200, b"user=-".to_vec()),
+        }],
+        Pick::Cycle,
+    );
+    for l in [&direct, &pt_signed, &gw_signed] {
+        let st = closed_loop(l, plan.conns, plan.warmup).await?;
+        rep.strict("warm-up", &st);
+    }
+
+    // 1. Direct upstream.
+    step("1. direct upstream, max rate");
+    let st_direct = closed_loop(&direct, plan.conns, plan.direct).await?;
+    rep.strict("direct upstream", &st_direct);
+    rep.scenarios
+        .insert("1_direct_upstream".into(), st_direct.json());
+
+    // 2. Signed-in, hot cache.
+    step("2. passthrough vs gateway, signed in (hot session cache), interleaved");
+    let mut slices = Vec::new();
+    let (st_pt, st_gw) =
+        interleaved(&pt_signed, &gw_signed, plan, plan.pairs_signed, &mut slices).await?;
+    rep.strict("passthrough", &st_pt);
+    rep.strict("gateway signed-in", &st_gw);
+    let pt_rate = st_pt.rate();
+    let ratio_signed = st_gw.rate() / pt_rate;
+    rep.scenarios.insert(
+        "2_signed_in".into(),
+        json!({ "passthrough": st_pt.json(), "gateway": st_gw.json(), "slices_a_passthrough_b_gateway": slices }),
+    );
+    rep.fig(
+        "direct_rps",
+        "1. direct upstream (load generator + upstream only)",
+        st_direct.rate(),
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "direct_over_passthrough",
+        "1. direct upstream / passthrough (upstream not the bottleneck)",
+        st_direct.rate() / pt_rate,
+        "x",
+        Some((">=", 1.5)),
+    );
+    rep.fig(
+        "passthrough_rps",
+        "2. plain Pingora passthrough",
+        pt_rate,
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "signed_in_rps",
+        "2. gateway, signed in, hot cache",
+        st_gw.rate(),
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "signed_in_ratio",
+        "2. signed-in / passthrough",
+        ratio_signed,
+        "",
+        Some((">=", 0.90)),
+    );
+
+    // 4. Denied traffic.
+    step("4. denied traffic (401, 302, 403) vs passthrough, interleaved");
+    let denied_reqs = vec![
+        Req {
+            bytes: get_req(ga, "/app/reports/7?tab=summary", None, false),
+            expect: Expect::Status(401),
+        },
+        Req {
+            bytes: get_req(ga, "/app/reports/7?tab=summary", None, true),
+            expect: Expect::Status(302),
+        },
+        Req {
+            bytes: get_req(ga, "/admin/users?page=2", Some(&alice), false),
+            expect: Expect::Status(403),
+        },
+    ];
+    let pt_denied = Load::new(pt, via_passthrough(pt, &denied_reqs, ga), Pick::Cycle);
+    let gw_denied = Load::new(ga, denied_reqs, Pick::Cycle);
+    let mut slices = Vec::new();
+    let (st_ptd, st_gwd) =
+        interleaved(&pt_denied, &gw_denied, plan, plan.pairs_denied, &mut slices).await?;
+    rep.strict("passthrough (denied mix)", &st_ptd);
+    rep.strict("gateway denied", &st_gwd);
+    rep.fig(
+        "denied_rps",
+        "4. gateway, denied (401/302/403 mix)",
+        st_gwd.rate(),
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "denied_ratio",
+        "4. denied / passthrough",
+        st_gwd.rate() / st_ptd.rate(),
+        "",
+        Some((">=", 1.0)),
+    );
+    rep.scenarios.insert(
+        "4_denied".into(),
+        json!({ "passthrough": st_ptd.json(), "gateway": st_gwd.json(), "slices_a_passthrough_b_gateway": slices }),
+    );
+
+    // 5. Fixed rate: added latency.
+    let fixed_rate = (pt_rate / 2.0).max(50.0).round();
+    step(&format!("5. fixed rate {fixed_rate:.0}/s: added latency"));
+    let (st_ptf, st_gwf) = interleaved_open(&pt_signed, &gw_signed, plan, fixed_rate).await?;
+    rep.strict("passthrough fixed rate", &st_ptf);
+    rep.strict("gateway fixed rate", &st_gwf);
+    rep.fig(
+        "fixed_rate",
+        "5. fixed rate (half the passthrough's max)",
+        fixed_rate,
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "passthrough_p50",
+        "5. passthrough p50",
+        st_ptf.p_us(0.5),
+        "µs",
+        None,
+    );
+    rep.fig(
+        "passthrough_p99",
+        "5. passthrough p99",
+        st_ptf.p_us(0.99),
+        "µs",
+        None,
+    );
+    rep.fig(
+        "gateway_p50",
+        "5. gateway p50",
+        st_gwf.p_us(0.5),
+        "µs",
+        None,
+    );
+    rep.fig(
+        "gateway_p99",
+        "5. gateway p99",
+        st_gwf.p_us(0.99),
+        "µs",
+        None,
+    );
+    rep.fig(
+        "added_p50",
+        "5. added latency p50",
+        st_gwf.p_us(0.5) - st_ptf.p_us(0.5),
+        "µs",
+        Some(("<=", 30.0)),
+    );
+    rep.fig(
+        "added_p99",
+        "5. added latency p99",
+        st_gwf.p_us(0.99) - st_ptf.p_us(0.99),
+        "µs",
+        Some(("<=", 250.0)),
+    );
+    rep.scenarios.insert(
+        "5_fixed_rate".into(),
+        json!({ "rate_per_s": fixed_rate, "passthrough": st_ptf.json(), "gateway": st_gwf.json() }),
+    );
+
+    // 6. Login rate.
+    step("6. login rate with real argon2 vs the hash pool's theoretical rate");
+    let (hash_ms, verify_ms) = tokio::task::spawn_blocking(|| -> anyhow::Result<(f64, f64)> {
+        let t = Instant::now();
+        let h = portcullis::passwords::hash_blocking(PASSWORD).map_err(|e| anyhow!(e))?;
+        let hash_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut v: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let ok = portcullis::passwords::verify_blocking(PASSWORD, &h);
+                (ok, t.elapsed().as_secs_f64() * 1e3)
+            })
+            .map(|(ok, ms)| if ok { ms } else { f64::NAN })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Ok((hash_ms, v[1]))
+    })
+    .await??;
+    if verify_ms.is_nan() {
+        bail!("verify_blocking rejected the right password");
+    }
+    let workers = cores().saturating_sub(1).max(1);
+    let theoretical = workers as f64 * 1000.0 / verify_ms;
+    let login_load = Load::new(
+        ga,
+        vec![Req {
+            bytes: login_req(ga, "alice", PASSWORD),
+            expect: Expect::Status(200),
+        }],
+        Pick::Cycle,
+    );
+    let st_login = closed_loop(&login_load, workers * 2 + 2, plan.login).await?;
+    rep.strict("login", &st_login);
+    rep.fig(
+        "verify_ms",
+        "6. one argon2id verification, in-process",
+        verify_ms,
+        "ms",
+        None,
+    );
+    rep.fig(
+        "login_rate",
+        "6. logins/s through the gateway",
+        st_login.rate(),
+        "/s",
+        None,
+    );
+    rep.fig(
+        "login_theoretical",
+        "6. theoretical: workers / verify time",
+        theoretical,
+        "/s",
+        None,
+    );
+    rep.fig(
+        "login_efficiency",
+        "6. login efficiency",
+        st_login.rate() / theoretical,
+        "",
+        Some((">=", 0.9)),
+    );
+    rep.scenarios.insert(
+        "6_login".into(),
+        json!({ "hash_ms": round3(hash_ms), "verify_ms": round3(verify_ms), "workers": workers,
+                "theoretical_per_s": round1(theoretical), "login": st_login.json() }),
+    );
+
+    // 7. Signed-in traffic during a wrong-password flood.
+    step(&format!(
+        "7. signed-in traffic at {fixed_rate:.0}/s during a wrong-password login flood"
+    ));
+    let base = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
+    rep.strict("gateway fixed rate (flood baseline)", &base);
+    // A distributed guessing flood: many client addresses (all of 127/8 is
+    // loopback) and many user names, so the throttle's per-client and
+    // per-account back-off does not answer it all cheaply and the hash
+    // pool stays saturated. Unknown names cost one argon2 verification
+    // against the dummy hash, as a wrong password does.
+    let mut flood = Load::new(
+        ga,
+        (0..4000)
+            .map(|i| Req {
+                bytes: if i % 10 == 0 {
+                    login_req(ga, "dave", &format!("wrong-password-{i}"))
+                } else {
+                    login_req(ga, &format!("guess{i}"), "wrong-password")
+                },
+                expect: Expect::AnyOf(&[401, 429, 503]),
+            })
+            .collect(),
+        Pick::Cycle,
+    );
+    flood.sources = Arc::new(
+        (0..64u8)
+            .map(|i| IpAddr::from([127, 0, 1, 10 + i]))
+            .collect(),
+    );
+    let (flood_rate, flood_dur) = (plan.flood_rate, plan.flood + Duration::from_millis(500));
+    let flood_thread = std::thread::Builder::new()
+        .name("bench-flood".into())
+        .spawn(move || -> anyhow::Result<Stats> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(open_loop(&flood, 64, flood_rate, flood_dur))
+        })?;
+    // Let the flood fill the hash queue before measuring.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let during = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
+    let flood_st = tokio::task::spawn_blocking(move || flood_thread.join())
+        .await?
+        .map_err(|_| anyhow!("flood thread panicked"))??;
+    rep.strict("flood (its answers must be 401, 429 or 503)", &flood_st);
+    let p99_ratio = during.p_us(0.99) / base.p_us(0.99);
+    rep.fig(
+        "flood_p99_ratio",
+        "7. signed-in p99 during flood / without",
+        p99_ratio,
+        "",
+        Some(("<=", 1.5)),
+    );
+    rep.fig(
+        "flood_errors",
+        "7. signed-in errors during flood",
+        during.errors as f64,
+        "",
+        Some(("==", 0.0)),
+    );
+    rep.scenarios.insert(
+        "7_flood".into(),
+        json!({ "rate_per_s": fixed_rate, "flood_rate_per_s": flood_rate, "baseline": base.json(),
+                "during_flood": during.json(), "flood": flood_st.json() }),
+    );
+
+    // 8 and 3: 100k sessions, written through the library with the gateway stopped.
+    step(&format!(
+        "seeding {} sessions through portcullis::session",
+        plan.sessions
+    ));
+    gw.stop();
+    let seed_start = Instant::now();
+    let (cookies, raw_bytes) = seed_sessions(&gw.data(), plan.sessions)?;
+    let seed_s = seed_start.elapsed().as_secs_f64();
+
+    step("8. RSS growth while touching every session (cache holds them all)");
+    gw.start(upstream, 200_000)?;
+    let ga = gw.addr();
+    let pid = gw.pid().context("gateway pid")?;
+    let rss_start = rss_kib(pid)?;
+    // The housekeeping task sweeps every session once at start-up.
+    tokio::time::sleep(Duration::from_millis(if plan.smoke { 300 } else { 1500 })).await;
+    let rss_before = rss_kib(pid)?;
+    let touch = Load::new(ga, signed_in_reqs(ga, &cookies, "alice"), Pick::EachOnce);
+    let st_touch = closed_loop(&touch, plan.conns, Duration::from_secs(120)).await?;
+    rep.strict("touching every session", &st_touch);
+    if st_touch.ok as usize != cookies.len() {
+        rep.wrong.push(format!(
+            "touching every session: {} of {} answered right",
+            st_touch.ok,
+            cookies.len()
+        ));
+    }
+    let rss_after = rss_kib(pid)?;
+    gw.stop();
+    let disk = du_bytes(&gw.data());
+    let per_100k_mib =
+        (rss_after.saturating_sub(rss_before)) as f64 / 1024.0 * 100_000.0 / cookies.len() as f64;
+    rep.fig(
+        "rss_per_100k",
+        "8. gateway RSS growth per 100k sessions",
+        per_100k_mib,
+        "MiB",
+        Some(("<=", 48.0)),
+    );
+    rep.fig(
+        "disk_over_raw",
+        "8. sled folder size / raw session bytes",
+        disk as f64 / raw_bytes as f64,
+        "x",
+        None,
+    );
+    rep.scenarios.insert(
+        "8_memory_disk".into(),
+        json!({ "sessions": cookies.len(), "seed_s": round3(seed_s),
+                "rss_kib_at_start": rss_start, "rss_kib_before_touch": rss_before, "rss_kib_after_touch": rss_after,
+                "rss_growth_per_100k_mib": round3(per_100k_mib),
+                "rss_growth_incl_startup_sweep_per_100k_mib": round3(rss_after.saturating_sub(rss_start) as f64 / 1024.0 * 100_000.0 / cookies.len() as f64),
+                "sled_disk_bytes": disk, "raw_session_bytes": raw_bytes, "first_touch": st_touch.json() }),
+    );
+
+    step("3. gateway with random sessions of the 100k (cache of 1000) vs passthrough");
+    gw.start(upstream, 1000)?;
+    let ga = gw.addr();
+    tokio::time::sleep(Duration::from_millis(if plan.smoke { 300 } else { 1500 })).await;
+    let gw_cold = Load::new(ga, signed_in_reqs(ga, &cookies, "alice"), Pick::Random);
+    let pt_cold = Load::new(pt, via_passthrough(pt, &gw_cold.reqs, ga), Pick::Random);
+    let st = closed_loop(&gw_cold, plan.conns, plan.warmup).await?;
+    rep.strict("cold warm-up", &st);
+    let mut slices = Vec::new();
+    let (st_ptc, st_gwc) =
+        interleaved(&pt_cold, &gw_cold, plan, plan.pairs_cold, &mut slices).await?;
+    rep.strict("passthrough (cold twin)", &st_ptc);
+    rep.strict("gateway cold sessions", &st_gwc);
+    gw.stop();
+    rep.fig(
+        "cold_rps",
+        "3. gateway, random of 100k sessions (store path)",
+        st_gwc.rate(),
+        "req/s",
+        None,
+    );
+    rep.fig(
+        "cold_ratio",
+        "3. 100k cold / passthrough",
+        st_gwc.rate() / st_ptc.rate(),
+        "",
+        Some((">=", 0.80)),
+    );
+    rep.scenarios.insert(
+        "3_cold_sessions".into(),
+        json!({ "sessions": cookies.len(), "cache_entries": 1000, "passthrough": st_ptc.json(), "gateway": st_gwc.json(), "slices_a_passthrough_b_gateway": slices }),
+    );
+    // Reorder so the table reads 1..8.
+    let order = |k: &str| {
+        k.split('.')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(99)
+    };
+    rep.figures.sort_by_key(|f| order(&f.what));
+
+    step("rule matching at 100 rules, in-process");
+    let (rules, worst_ns, first_ns) = rule_matching(97, plan.rule_iters)?;
+    rep.fig(
+        "rules_worst_ns",
+        format!("9. Policy::decide, {rules} rules, last rule decides"),
+        worst_ns,
+        "ns",
+        Some(("<=", 1000.0)),
+    );
+    rep.fig(
+        "rules_first_ns",
+        format!("9. Policy::decide, {rules} rules, first rule decides"),
+        first_ns,
+        "ns",
+        None,
+    );
+    rep.scenarios.insert(
+        "9_rule_matching".into(),
+        json!({ "rules": rules, "iterations": plan.rule_iters, "last_rule_ns": round1(worst_ns), "first_rule_ns": round1(first_ns) }),
+    );
+    Ok(())
+}
+
+/// Writes `n` sessions for alice straight into the (stopped) gateway's
+/// store; returns their cookie values and the raw bytes they stand for
+/// (key + record in the sessions tree, key in the per-user index).
+fn seed_sessions(data: &Path, n: usize) -> anyhow::Result<(Vec<String>, u64)> {
+    use portcullis::session::Sessions;
+    use portcullis::store::Store;
+    let store = Store::open(data, 16 << 20)?;
+    let sessions = Sessions::new(
+        Arc::new(store.clone()),
+        Duration::from_secs(30 * 60),
+        Duration::from_secs(12 * 3600),
+        1024,
+    );
+    let mut cookies = Vec::with_capacity(n);
+    let mut raw = 0u64;
+    for _ in 0..n {
+        let (id, live) = sessions.create("alice", "127.0.0.1", UA, false)?;
+        raw +=
+            32 + serde_json::to_vec(&live.record())?.len() as u64 + ("alice".len() + 1 + 32) as u64;
+        cookies.push(id.to_cookie_value());
+    }
+    store.flush()?;
+    drop(sessions);
+    drop(store);
+    Ok((cookies, raw))
+}

@@ -188,10 +188,9 @@ pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
             .cloned()
             .collect();
         for k in unknown {
-            report.push(
-                src.error(
-                    Some(k.span()),
-                    format!(
+            report.push(src.error(
+                Some(k.span()),
+                format!(
                         "unknown key `{}`; expected one of {}",
                         k.get_ref(),
                         known
@@ -200,8 +199,7 @@ pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                ),
-            );
+            ));
             table.remove(&k);
         }
     }

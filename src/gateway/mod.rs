@@ -164,6 +164,20 @@ impl Gateway {
     }
 }
 
+/// Did the client send `Content-Length` as well? Pingora drops it when
+/// `Transfer-Encoding` is present (RFC 9112 lets a server go on), so look at
+/// the raw header: a request framed two ways is a smuggling attempt, and we
+/// refuse it outright. Only checked for the rare requests with
+/// `Transfer-Encoding`.
+fn sent_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    raw.split(|b| *b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
 /// Values of every cookie named `name` across all `Cookie` headers.
 pub fn cookie_values<'a>(
     headers: &'a http::HeaderMap,
@@ -291,8 +305,7 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            && req.headers.contains_key(http::header::CONTENT_LENGTH)
+        if req.headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session)
         {
             ctx.decision = "bad_request";
             app.metrics.rejected.inc();

@@ -68,8 +68,13 @@ pub fn free_port() -> u16 {
 
 pub struct Opts {
     pub policy: String,
+    /// Whole sections appended to the config.
     pub extra: String,
+    /// Lines added to the `[server]` section.
+    pub server: String,
     pub upstream: Option<String>,
+    /// Overrides `public_url` (default: the gateway's own http origin).
+    pub public_url: Option<String>,
 }
 
 impl Default for Opts {
@@ -77,7 +82,9 @@ impl Default for Opts {
         Opts {
             policy: DEFAULT_POLICY.to_string(),
             extra: String::new(),
+            server: String::new(),
             upstream: None,
+            public_url: None,
         }
     }
 }
@@ -104,8 +111,14 @@ impl Gw {
         for attempt in 0..5 {
             let port = free_port();
             let config = dir.path().join("portcullis.toml");
+            let public = opts
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n[storage]\npath = \"data\"\n\n[policy]\nfiles = [\"policy.toml\"]\n\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\ngrace_period = 0\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                opts.server,
+                if opts.extra.contains("[policy]") { "" } else { "[policy]\nfiles = [\"policy.toml\"]\n" },
                 opts.extra
             );
             std::fs::write(&config, text).unwrap();

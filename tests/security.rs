@@ -1,0 +1,731 @@
+//! The attack suite: each rule the gateway promises, attacked, and the
+//! attack must fail. Payloads follow the peers' advisories (Envoy
+//! CVE-2019-9901, Pomerium CVE-2023-33189, Traefik CVE-2025-66490,
+//! oauth2-proxy CVE-2025-64484 / CVE-2020-5233 / CVE-2020-11053, Tomcat `..;/`).
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+/// `/admin` is closed to everyone; everything else is open. Any path
+/// variant that escapes the admin rule would reach the echo app.
+const TRAP: &str = r#"
+[[rule]]
+path = "/admin/**"
+allow = "nobody"
+
+[[rule]]
+path = "/**"
+allow = "anyone"
+"#;
+
+fn request(port: u16, target: &str, extra: &str) -> String {
+    raw(port, format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n{extra}Connection: close\r\n\r\n").as_bytes())
+}
+
+#[test]
+fn no_path_variant_reaches_a_protected_prefix() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    let port = gw.port;
+    let payloads = [
+        "/admin",
+        "/admin/",
+        "/admin/x",
+        "/Admin/../admin",
+        "/admin/./x",
+        "/./admin",
+        "//admin",
+        "///admin/x",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/.%2e/admin",
+        "/public/%2e./admin",
+        "/public/..%2fadmin",
+        "/public/..%2Fadmin",
+        "/public%2f..%2fadmin",
+        "/public/..%5cadmin",
+        "/public/..\\admin",
+        "/%61dmin",
+        "/%61%64%6d%69%6e/x",
+        "/admin%2f",
+        "/admin%2fx",
+        "/admin;x/y",
+        "/admin;jsessionid=1",
+        "/public/..;/admin",
+        "/public/..;x=1/admin",
+        "/public/.;/admin",
+        "/;/admin",
+        "/admin%3bx",
+        "/admin%3Bx/y",
+        "/public/%252e%252e/admin",
+        "/%252e/admin",
+        "/admin%00",
+        "/admin%00.css",
+        "/admin%0a",
+        "/admin%0d%0a",
+        "/public/%2e%2e%2fadmin",
+        "/public/%c0%ae%c0%ae/admin",
+        "/public/%u002e%u002e/admin",
+        "/admin#frag",
+        "/public/..%00/admin",
+        "/public/..%2500/admin",
+        "/public/%2e%2e;/admin",
+        "/admin/..%2f..%2fadmin",
+        "/a/b/c/../../../admin",
+        "/a/../../../../admin",
+        "/admin?x=/public",
+        "/admin/%2e",
+        "/admin\t",
+    ];
+    for p in payloads {
+        let answer = request(port, p, "");
+        let status = status_of(&answer);
+        if status == 200 {
+            let body = &answer[answer.find("\r\n\r\n").map(|i| i + 4).unwrap_or(0)..];
+            let v: serde_json::Value = serde_json::from_str(body.trim())
+                .unwrap_or_else(|_| panic!("{p}: odd 200 body {body}"));
+            let target = v["target"].as_str().unwrap().to_ascii_lowercase();
+            let first = target
+                .trim_start_matches('/')
+                .split(['/', ';', '?'])
+                .next()
+                .unwrap_or("");
+            assert_ne!(first, "admin", "{p} reached the app as {target}");
+            assert!(
+                !target.contains("%2f") && !target.contains(".."),
+                "{p} reached the app as {target}"
+            );
+        } else {
+            assert!(
+                matches!(status, 400 | 403),
+                "{p}: unexpected status {status}\n{answer}"
+            );
+        }
+    }
+    // Absolute-form targets: the authority must be the Host, and the path
+    // is still canonicalised and checked.
+    assert_eq!(
+        status_of(&request(
+            port,
+            &format!("http://127.0.0.1:{port}/admin"),
+            ""
+        )),
+        403
+    );
+    assert_eq!(
+        status_of(&request(
+            port,
+            &format!("http://127.0.0.1:{port}/public/../admin"),
+            ""
+        )),
+        403
+    );
+    assert_eq!(
+        status_of(&request(port, "http://evil.example/public/x", "")),
+        400
+    );
+    assert_eq!(status_of(&request(port, "*", "")), 400);
+    // The gateway survived all of it.
+    assert_eq!(status_of(&request(port, "/.portcullis/health", "")), 200);
+    assert!(!gw.log().contains("panicked"), "{}", gw.log());
+}
+
+#[test]
+fn the_app_sees_exactly_the_path_that_was_authorised() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    for (sent, forwarded) in [
+        ("/a/./b/../c//d?x=%2F..&y", "/a/c/d?x=%2F..&y"),
+        ("/%7Euser/%41", "/~user/A"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/x;jsessionid=1/y", "/x;jsessionid=1/y"),
+        ("/q?next=//evil", "/q?next=//evil"),
+    ] {
+        let answer = request(gw.port, sent, "");
+        assert_eq!(status_of(&answer), 200, "{sent}\n{answer}");
+        assert!(
+            answer.contains(&format!("\"target\":\"{forwarded}\"")),
+            "{sent} should be forwarded as {forwarded}:\n{answer}"
+        );
+    }
+}
+
+#[test]
+fn case_insensitive_switch_protects_case_insensitive_apps() {
+    let strict = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    // By default paths are case-sensitive: /ADMIN is another path.
+    assert_eq!(status_of(&request(strict.port, "/ADMIN", "")), 200);
+    let ci = Gw::with(Opts {
+        policy: TRAP.into(),
+        extra: "[policy]\nfiles = [\"policy.toml\"]\ncase_insensitive = true\n".into(),
+        ..Opts::default()
+    });
+    for p in ["/ADMIN", "/Admin/x", "/aDmIn;x/y", "/%41dmin"] {
+        assert_eq!(status_of(&request(ci.port, p, "")), 403, "{p}");
+    }
+}
+
+#[test]
+fn spoofed_identity_headers_never_reach_the_app() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    let forged = [
+        "X-Forwarded-User",
+        "x-forwarded-user",
+        "X_Forwarded_User",
+        "x.forwarded.user",
+        "X-FORWARDED-EMAIL",
+        "X-Forwarded-Groups",
+        "X-Forwarded-Preferred-Username",
+        "X-Forwarded-Access-Token",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X_Auth_Request_Groups",
+        "Remote-User",
+        "Remote-Groups",
+        "Remote-Email",
+        "Remote-Name",
+        "REMOTE_USER",
+        "X-Remote-User",
+        "X-Pomerium-Jwt-Assertion",
+        "X-Pomerium-Claim-Email",
+        "X-Vouch-User",
+        "X-Auth-Username",
+        "X-Auth-Subject",
+        "X-Token-Subject",
+        "X-WEBAUTH-USER",
+        "X-Webauth-Email",
+        "Impersonate-User",
+        "Impersonate-Group",
+        "X-User",
+        "X-User-Id",
+        "X-Username",
+        "X-User-Email",
+        "X-Original-URL",
+        "X-Original-URI",
+        "X-Rewrite-URL",
+        "Forwarded",
+        "X-Real-IP",
+        "True-Client-IP",
+        "CF-Connecting-IP",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Forwarded-For",
+        "X-Portcullis-User",
+        "Custom_Header",
+    ];
+    let mut extra = String::new();
+    for h in forged {
+        extra.push_str(&format!("{h}: spoofed-admin\r\n"));
+    }
+    let answer = request(gw.port, "/public/x", &extra);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        !answer.contains("spoofed-admin"),
+        "a forged header reached the app:\n{answer}"
+    );
+    assert!(
+        answer.contains("\"x-forwarded-for\",\"127.0.0.1\""),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"x-forwarded-proto\",\"http\""),
+        "{answer}"
+    );
+}
+
+#[test]
+fn forwarded_for_is_trusted_only_from_configured_proxies() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    let a = request(gw.port, "/x", "X-Forwarded-For: 1.2.3.4\r\n");
+    assert!(a.contains("\"x-forwarded-for\",\"127.0.0.1\""), "{a}");
+    let trusted = Gw::with(Opts {
+        policy: TRAP.into(),
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Opts::default()
+    });
+    let a = request(trusted.port, "/x", "X-Forwarded-For: 6.6.6.6, 1.2.3.4\r\n");
+    assert!(
+        a.contains("\"x-forwarded-for\",\"1.2.3.4\""),
+        "rightmost untrusted hop is the client:\n{a}"
+    );
+}
+
+fn login_form(gw: &Gw, c: &reqwest::blocking::Client, next: &str) -> reqwest::blocking::Response {
+    let page = c
+        .get(gw.url("/.portcullis/login"))
+        .header("accept", "text/html")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = extract(&page, "name=\"csrf_token\" value=\"");
+    c.post(gw.url("/.portcullis/login"))
+        .header("origin", gw.origin())
+        .form(&[
+            ("username", "olive"),
+            ("password", PW),
+            ("csrf_token", &token),
+            ("next", next),
+        ])
+        .send()
+        .unwrap()
+}
+
+fn extract(html: &str, marker: &str) -> String {
+    let start = html.find(marker).unwrap() + marker.len();
+    let end = start + html[start..].find('"').unwrap();
+    html[start..end].to_string()
+}
+
+#[test]
+fn next_never_leaves_the_site() {
+    let gw = Gw::start();
+    gw.add_user("olive", PW, &[], false);
+    let payloads = [
+        "//evil.com",
+        "///evil.com",
+        "/\\evil.com",
+        "/\\/evil.com",
+        "\\\\evil.com",
+        "https://evil.com",
+        "http:evil.com",
+        "http://127.0.0.1.evil.com",
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "/%2F%2Fevil.com",
+        "/%5Cevil.com",
+        "/%09/evil.com",
+        "/\t/evil.com",
+        " //evil.com",
+        "/%0d%0aSet-Cookie:x=1",
+        "/\r\nLocation: //evil.com",
+        "@evil.com",
+        "evil.com",
+        "/.//evil.com",
+        "/..//evil.com",
+        "//%65vil.com",
+        "\u{3002}evil.com",
+        "/\u{2028}//evil.com",
+        "https:/evil.com",
+        "/ /evil.com",
+    ];
+    for p in payloads {
+        let c = gw.client();
+        let r = login_form(&gw, &c, p);
+        assert_eq!(r.status(), 303, "{p:?}");
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        assert_eq!(loc, "/", "next {p:?} gave Location {loc:?}");
+    }
+    let r = login_form(&gw, &gw.client(), "/reports?q=1&r=%2F");
+    assert_eq!(r.headers()["location"], "/reports?q=1&r=%2F");
+    // The login redirect is built from public_url, never from Host.
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(gw.url("/private"))
+        .header("accept", "text/html")
+        .header("host", "evil.com")
+        .header("x-forwarded-host", "evil.com")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with(&gw.origin()));
+}
+
+#[test]
+fn cross_site_login_and_logout_are_refused() {
+    let gw = Gw::start();
+    gw.add_user("olive", PW, &[], false);
+    let c = gw.client();
+    let page = c
+        .get(gw.url("/.portcullis/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = extract(&page, "name=\"csrf_token\" value=\"");
+    let post =
+        |origin: Option<&str>, referer: Option<&str>, fetch_site: Option<&str>, token: &str| {
+            let mut r = c.post(gw.url("/.portcullis/login")).form(&[
+                ("username", "olive"),
+                ("password", PW),
+                ("csrf_token", token),
+            ]);
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            if let Some(x) = referer {
+                r = r.header("referer", x);
+            }
+            if let Some(s) = fetch_site {
+                r = r.header("sec-fetch-site", s);
+            }
+            r.send().unwrap().status().as_u16()
+        };
+    assert_eq!(post(Some("http://evil.example"), None, None, &token), 403);
+    assert_eq!(post(Some("null"), None, None, &token), 403);
+    assert_eq!(
+        post(None, Some("http://evil.example/page"), None, &token),
+        403
+    );
+    assert_eq!(post(None, None, Some("cross-site"), &token), 403);
+    assert_eq!(
+        post(Some(&gw.origin()), None, None, ""),
+        403,
+        "missing token"
+    );
+    assert_eq!(
+        post(
+            Some(&gw.origin()),
+            None,
+            None,
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        ),
+        403,
+        "forged token"
+    );
+    // A token minted for another browser does not work in this one.
+    let other = gw.client();
+    let other_page = other
+        .get(gw.url("/.portcullis/login"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let other_token = extract(&other_page, "name=\"csrf_token\" value=\"");
+    assert_eq!(post(Some(&gw.origin()), None, None, &other_token), 403);
+    // JSON must say it is JSON (a cross-site form cannot).
+    let r = gw
+        .client()
+        .post(gw.url("/.portcullis/login"))
+        .header("content-type", "text/plain")
+        .body(format!("{{\"username\":\"olive\",\"password\":\"{PW}\"}}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = gw
+        .client()
+        .post(gw.url("/.portcullis/login"))
+        .header("origin", "http://evil.example")
+        .json(&serde_json::json!({"username":"olive","password":PW}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The real thing works.
+    assert_eq!(post(Some(&gw.origin()), None, None, &token), 303);
+
+    // Cross-site logout.
+    let victim = gw.login("olive", PW);
+    let r = victim
+        .post(gw.url("/.portcullis/logout"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = victim
+        .post(gw.url("/.portcullis/logout"))
+        .form(&[("x", "1")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "form logout without token");
+    assert_eq!(
+        victim.get(gw.url("/x")).send().unwrap().status(),
+        200,
+        "still signed in"
+    );
+}
+
+#[test]
+fn brute_force_is_throttled_without_locking_out_the_real_user() {
+    let gw = Gw::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Opts::default()
+    });
+    gw.add_user("victim", PW, &[], false);
+    let attempt = |ip: &str, pw: &str| {
+        gw.client()
+            .post(gw.url("/.portcullis/login"))
+            .header("x-forwarded-for", ip)
+            .json(&serde_json::json!({"username": "victim", "password": pw}))
+            .send()
+            .unwrap()
+    };
+    let mut throttled = None;
+    for i in 0..12 {
+        let r = attempt("203.0.113.9", "guess-guess-guess");
+        if r.status() == 429 {
+            throttled = Some((
+                i,
+                r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            ));
+            break;
+        }
+        assert_eq!(r.status(), 401);
+    }
+    let (after, retry) = throttled.expect("never throttled");
+    assert!(after <= 6, "throttled only after {after} failures");
+    assert!(retry >= 1);
+    // Even the right password is refused from the attacker's address now.
+    assert_eq!(attempt("203.0.113.9", PW).status(), 429);
+    // The real user elsewhere is not locked out.
+    assert_eq!(attempt("198.51.100.7", PW).status(), 200);
+    // The operator can clear it.
+    let (code, _, err) = gw.cli(&["user", "unlock", "victim"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(attempt("203.0.113.9", PW).status(), 200);
+    let failed: Vec<_> = gw
+        .audit()
+        .into_iter()
+        .filter(|e| e["event"] == "user_login_failed")
+        .collect();
+    assert!(failed.iter().any(|e| e["reason"] == "throttled"));
+    assert!(
+        failed
+            .iter()
+            .all(|e| !e.to_string().contains("guess-guess")),
+        "passwords never logged"
+    );
+}
+
+#[test]
+fn unknown_disabled_and_wrong_password_look_the_same() {
+    let gw = Gw::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Opts::default()
+    });
+    gw.add_user("real", PW, &[], false);
+    gw.add_user("gone", PW, &[], false);
+    gw.cli(&["user", "disable", "gone"], None);
+    let mut n = 0u32;
+    let mut time = |user: &str, pw: &str| {
+        n += 1;
+        let start = Instant::now();
+        let r = gw
+            .client()
+            .post(gw.url("/.portcullis/login"))
+            .header("x-forwarded-for", format!("192.0.2.{n}"))
+            .json(&serde_json::json!({"username": user, "password": pw}))
+            .send()
+            .unwrap();
+        let elapsed = start.elapsed();
+        (r.status().as_u16(), r.text().unwrap(), elapsed)
+    };
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    let mut bodies = std::collections::HashSet::new();
+    for round in 0..7 {
+        for (i, (u, p)) in [
+            ("real", "wrong-password-1"),
+            ("nobody-here", "wrong-password-1"),
+            ("gone", PW),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (status, body, t) = time(u, p);
+            assert_eq!(status, 401, "{u}");
+            bodies.insert(body);
+            if round > 0 {
+                samples[i].push(t);
+            }
+        }
+    }
+    assert_eq!(bodies.len(), 1, "bodies differ: {bodies:?}");
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let m: Vec<Duration> = samples.iter_mut().map(median).collect();
+    let (lo, hi) = (m.iter().min().unwrap(), m.iter().max().unwrap());
+    // All three pay one argon2 verification; an unknown user without the
+    // dummy hash would answer several times faster.
+    assert!(
+        hi.as_secs_f64() < lo.as_secs_f64() * 2.0 + 0.005,
+        "timings differ: {m:?}"
+    );
+}
+
+#[test]
+fn planted_session_ids_are_never_adopted() {
+    let gw = Gw::start();
+    gw.add_user("paul", PW, &[], false);
+    let planted = "A".repeat(43);
+    let c = gw.client();
+    let r = c
+        .post(gw.url("/.portcullis/login"))
+        .header("cookie", format!("portcullis_session={planted}"))
+        .json(&serde_json::json!({"username":"paul","password":PW}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!set.contains(&planted));
+    let r = reqwest::blocking::Client::new()
+        .get(gw.url("/x"))
+        .header("cookie", format!("portcullis_session={planted}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Logging in again rotates the id and ends the old session.
+    let first = set.split(';').next().unwrap().to_string();
+    let again = reqwest::blocking::Client::new()
+        .post(gw.url("/.portcullis/login"))
+        .header("cookie", &first)
+        .json(&serde_json::json!({"username":"paul","password":PW}))
+        .send()
+        .unwrap();
+    let second = again.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, second);
+    assert_eq!(
+        reqwest::blocking::Client::new()
+            .get(gw.url("/x"))
+            .header("cookie", &first)
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        reqwest::blocking::Client::new()
+            .get(gw.url("/x"))
+            .header("cookie", &second)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn framing_attacks_do_not_smuggle_or_crash() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    let port = gw.port;
+    // CL + TE together.
+    let a = raw(port, format!("POST /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    assert!(matches!(status_of(&a), 400), "{a}");
+    assert!(!a.contains("\"target\":\"/admin\""), "{a}");
+    // A body on a local answer is not taken for the next request.
+    let smuggle = "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
+    let a = raw(
+        port,
+        format!("POST /.portcullis/logout HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://evil\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{smuggle}", smuggle.len()).as_bytes(),
+    );
+    assert_eq!(status_of(&a), 403, "{a}");
+    assert!(
+        !a.contains("\"target\""),
+        "smuggled request reached the app:\n{a}"
+    );
+    // CONNECT is refused.
+    let s = status_of(&raw(
+        port,
+        format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+    ));
+    assert!(s == 400 || s == 405, "CONNECT answered {s}");
+    // Garbage and oversized headers: an error or a closed connection, never a crash.
+    let junk: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(1_100_000)).into_bytes(),
+        format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+        b"POST /.portcullis/login HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n".to_vec(),
+    ];
+    for j in junk {
+        let a = raw(port, &j);
+        let s = status_of(&a);
+        assert!(
+            s == 0 || (400..500).contains(&s),
+            "{s}: {}",
+            &a[..a.len().min(300)]
+        );
+    }
+    assert_eq!(status_of(&request(port, "/.portcullis/health", "")), 200);
+    assert!(!gw.log().contains("panicked"));
+}
+
+#[test]
+fn gateway_pages_carry_security_headers() {
+    let gw = Gw::start();
+    let r = gw
+        .client()
+        .get(gw.url("/.portcullis/login"))
+        .send()
+        .unwrap();
+    let h = r.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h.contains_key("referrer-policy"));
+    assert!(
+        !h.contains_key("strict-transport-security"),
+        "no HSTS over plain http"
+    );
+    let html = r.text().unwrap();
+    assert!(!html.contains("<script"), "no script on our pages");
+    assert!(!html.contains("style=\""), "no inline style (strict CSP)");
+
+    // Behind https: HSTS, Secure cookies with the __Host- prefix.
+    let tls = Gw::with(Opts {
+        public_url: Some("https://app.example".into()),
+        ..Opts::default()
+    });
+    let r = tls
+        .client()
+        .get(tls.url("/.portcullis/login"))
+        .send()
+        .unwrap();
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with("__Host-portcullis_csrf=")
+            && set.contains("Secure")
+            && set.contains("Path=/")
+            && !set.contains("Domain"),
+        "{set}"
+    );
+}
