@@ -66,7 +66,7 @@ impl User {
 
     /// The hashing scheme, as Django's admin shows it, never the hash.
     pub fn password_algorithm(&self) -> &'static str {
-        crate::passwords::algorithm_of(&self.password)
+        crate::legacy::algorithm_name(&self.password)
     }
 }
 

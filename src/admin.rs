@@ -70,6 +70,11 @@ pub enum Command {
     UserUnlock {
         name: String,
     },
+    /// Users parsed from a Django dump or an htpasswd file, hashes kept.
+    UserImport {
+        users: Vec<User>,
+        update: bool,
+    },
     SessionList {
         user: Option<String>,
     },
@@ -87,7 +92,7 @@ pub struct Ops<'a> {
     pub accounts: &'a Accounts,
     pub sessions: &'a Sessions,
     pub rules: &'a PasswordRules,
-    pub custom_fields: &'a [String],
+    pub custom_fields: &'a [crate::config::UserField],
     pub throttle: Option<&'a Throttle>,
     pub audit: Option<&'a Audit>,
     pub policy: Option<&'a PolicyHandle>,
@@ -298,7 +303,12 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
                     "first_name" => u.first_name = value.clone(),
                     "last_name" => u.last_name = value.clone(),
                     "superuser" => u.is_superuser = parse_bool(&value)?,
-                    f if ops.custom_fields.iter().any(|c| c == f) => {
+                    f if ops.custom_fields.iter().any(|c| c.name == f) => {
+                        if let Some(def) = ops.custom_fields.iter().find(|c| c.name == f) {
+                            if !value.is_empty() {
+                                def.check(&value)?;
+                            }
+                        }
                         if value.is_empty() {
                             u.fields.remove(f);
                         } else {
@@ -316,6 +326,41 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
                 t.unlock(&user_key(&name));
             }
             Ok(json!({ "username": name, "unlocked": true }))
+        }
+        Command::UserImport { users, update } => {
+            // Check everything first so a bad record stops the import before
+            // anything is written.
+            for u in &users {
+                check_username(&u.username)
+                    .map_err(|m| AdminError::Invalid(format!("{}: {m}", u.username)))?;
+            }
+            let (mut created, mut updated, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+            for u in users {
+                match ops.accounts.get(&u.username)? {
+                    Some(_) if update => {
+                        let fresh = u.clone();
+                        ops.accounts.modify(&u.username, move |old| {
+                            let joined = old.date_joined;
+                            *old = fresh;
+                            old.date_joined = joined;
+                            Ok(())
+                        })?;
+                        updated.push(u.username);
+                    }
+                    Some(_) => skipped.push(u.username),
+                    None => {
+                        ops.accounts.create(&u)?;
+                        emit(
+                            ops,
+                            Event::new("user_created")
+                                .with("user", u.username.as_str())
+                                .with("via", "import"),
+                        );
+                        created.push(u.username);
+                    }
+                }
+            }
+            Ok(json!({ "created": created, "updated": updated, "existing": skipped }))
         }
         Command::SessionList { user } => {
             let key = user.as_deref().map(user_key);

@@ -65,10 +65,12 @@ impl App {
         let ui = Ui::new(&cfg.ui, &cfg.server.prefix)?;
         let headers = IdentityHeaders::new(
             &cfg.headers,
+            &cfg.user_fields,
             cfg.server.drop_underscore_headers,
             cfg.server.trusted_proxies.clone(),
         );
-        let audit = Audit::new(cfg.log.audit_file.as_deref()).map_err(AppError::Audit)?;
+        let audit = Audit::with_webhook(cfg.log.audit_file.as_deref(), cfg.log.webhook.clone())
+            .map_err(AppError::Audit)?;
         let csrf_cookie = if cfg.server.secure {
             "__Host-portcullis_csrf".to_string()
         } else {
@@ -119,7 +121,7 @@ impl App {
             accounts: &self.accounts,
             sessions: &self.sessions,
             rules: &self.cfg.passwords,
-            custom_fields: &[],
+            custom_fields: &self.cfg.user_fields,
             throttle: Some(&self.throttle),
             audit: Some(&self.audit),
             policy: Some(&self.policy),

@@ -13,7 +13,10 @@ use serde_json::{Map, Value};
 
 pub struct Audit {
     file: Option<SyncSender<String>>,
-    pub dropped: AtomicU64,
+    webhook: Option<SyncSender<String>>,
+    /// Events that did not fit a queue (file or webhook) or that the
+    /// webhook refused after every retry.
+    pub dropped: std::sync::Arc<AtomicU64>,
 }
 
 /// One auth event. Build it with [`Event::new`] and the `with_*` methods.
@@ -45,8 +48,19 @@ impl Event {
     }
 }
 
+/// Where a webhook posts, and how long it may take.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: url::Url,
+    pub timeout: std::time::Duration,
+}
+
 impl Audit {
     pub fn new(path: Option<&Path>) -> std::io::Result<Self> {
+        Self::with_webhook(path, None)
+    }
+
+    pub fn with_webhook(path: Option<&Path>, webhook: Option<Webhook>) -> std::io::Result<Self> {
         let file = match path {
             None => None,
             Some(p) => {
@@ -74,22 +88,79 @@ impl Audit {
                 Some(tx)
             }
         };
+        let dropped = std::sync::Arc::new(AtomicU64::new(0));
+        let webhook = match webhook {
+            None => None,
+            Some(w) => Some(spawn_webhook(w, std::sync::Arc::clone(&dropped))?),
+        };
         Ok(Audit {
             file,
-            dropped: AtomicU64::new(0),
+            webhook,
+            dropped,
         })
     }
 
     pub fn emit(&self, ev: Event) {
         let line = Value::Object(ev.fields).to_string();
         tracing::info!(target: "portcullis::audit", "{line}");
-        if let Some(tx) = &self.file {
-            match tx.try_send(line) {
+        for tx in [&self.webhook, &self.file].into_iter().flatten() {
+            match tx.try_send(line.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "portcullis::audit", "audit queue full; event dropped");
                 }
             }
         }
     }
+}
+
+/// Posts events to the webhook from its own thread: a bounded queue, three
+/// tries with back-off, then the event is dropped and counted. A slow or
+/// dead webhook never delays a request.
+fn spawn_webhook(
+    w: Webhook,
+    dropped: std::sync::Arc<AtomicU64>,
+) -> std::io::Result<SyncSender<String>> {
+    let (tx, rx) = sync_channel::<String>(1024);
+    std::thread::Builder::new().name("audit-webhook".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            tracing::error!("cannot start the audit webhook runtime");
+            return;
+        };
+        // The client's timers need the runtime's context.
+        let _enter = rt.enter();
+        let client = match reqwest::Client::builder().timeout(w.timeout).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the audit webhook client");
+                return;
+            }
+        };
+        while let Ok(line) = rx.recv() {
+            let mut delivered = false;
+            for attempt in 0..3u32 {
+                let res = rt.block_on(
+                    client
+                        .post(w.url.clone())
+                        .header("content-type", "application/json")
+                        .body(line.clone())
+                        .send(),
+                );
+                match res {
+                    Ok(r) if r.status().is_success() => {
+                        delivered = true;
+                        break;
+                    }
+                    Ok(r) => tracing::warn!(target: "portcullis::audit", status = r.status().as_u16(), attempt, "audit webhook refused an event"),
+                    Err(e) => tracing::warn!(target: "portcullis::audit", error = %e, attempt, "audit webhook unreachable"),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+            }
+            if !delivered {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })?;
+    Ok(tx)
 }

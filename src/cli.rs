@@ -147,6 +147,21 @@ enum UserCmd {
     Unlock {
         name: String,
     },
+    /// Import users from a Django `dumpdata auth.user --natural-foreign` file or an htpasswd file; their password hashes are kept and upgraded to argon2id at their first login.
+    Import {
+        #[arg(long, value_enum)]
+        format: ImportFormat,
+        file: PathBuf,
+        /// Overwrite users that already exist (default: report and keep them).
+        #[arg(long)]
+        update: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    Django,
+    Htpasswd,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -246,7 +261,7 @@ fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
         accounts: &accounts,
         sessions: &sessions,
         rules: &cfg.passwords,
-        custom_fields: &[],
+        custom_fields: &cfg.user_fields,
         throttle: None,
         audit: Some(&audit),
         policy: None,
@@ -522,6 +537,66 @@ fn user_cmd(cfg: &Config, json: bool, u: UserCmd) -> anyhow::Result<ExitCode> {
                     value: value.to_string(),
                 },
                 Box::new(show),
+            )
+        }
+        UserCmd::Import {
+            format,
+            file,
+            update,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let parsed = match format {
+                ImportFormat::Django => crate::import::parse_django(&text),
+                ImportFormat::Htpasswd => crate::import::parse_htpasswd(&text),
+            };
+            let imported = parsed.map_err(|errors| {
+                let lines: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}:{e}", file.display()))
+                    .collect();
+                anyhow!(
+                    "nothing was imported; fix these records first:\n{}",
+                    lines.join("\n")
+                )
+            })?;
+            let users = imported
+                .into_iter()
+                .map(|i| {
+                    let mut u = crate::accounts::User::new(&i.username);
+                    u.email = i.email;
+                    u.first_name = i.first_name;
+                    u.last_name = i.last_name;
+                    u.is_active = i.is_active;
+                    u.is_superuser = i.is_superuser;
+                    u.groups = i.groups;
+                    u.permissions = i.permissions;
+                    u.password = i.password;
+                    if let Some(d) = i.date_joined {
+                        u.date_joined = d;
+                    }
+                    u.last_login = i.last_login;
+                    u
+                })
+                .collect();
+            (
+                Command::UserImport { users, update },
+                Box::new(|v: &Value| {
+                    let n = |k: &str| v[k].as_array().map(|a| a.len()).unwrap_or(0);
+                    let mut out = format!(
+                        "imported {} new user(s), updated {}, kept {} existing",
+                        n("created"),
+                        n("updated"),
+                        n("existing")
+                    );
+                    if n("existing") > 0 {
+                        out.push_str(&format!(
+                            " ({}; use --update to overwrite)",
+                            s(v, "existing")
+                        ));
+                    }
+                    out
+                }),
             )
         }
         UserCmd::Unlock { name } => (

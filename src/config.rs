@@ -35,6 +35,64 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub log: LogConfig,
     pub ui: UiConfig,
+    /// Custom user fields (Django's custom user model), in declared order.
+    pub user_fields: Vec<UserField>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Integer,
+    Boolean,
+}
+
+/// A custom user field: `[[user_fields]] name = "department" ...`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserField {
+    pub name: String,
+    #[serde(rename = "type", default = "default_field_type")]
+    pub kind: FieldType,
+    #[serde(default = "default_field_len")]
+    pub max_length: usize,
+    /// Forward the value upstream in this header.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+fn default_field_type() -> FieldType {
+    FieldType::String
+}
+
+fn default_field_len() -> usize {
+    255
+}
+
+impl UserField {
+    /// Checks a value against the field's type and length.
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        if value.chars().count() > self.max_length {
+            return Err(format!(
+                "{} is longer than {} characters",
+                self.name, self.max_length
+            ));
+        }
+        if value.chars().any(|c| c.is_control()) {
+            return Err(format!("{} may not contain control characters", self.name));
+        }
+        match self.kind {
+            FieldType::String => Ok(()),
+            FieldType::Integer => value
+                .parse::<i64>()
+                .map(|_| ())
+                .map_err(|_| format!("{} must be a whole number", self.name)),
+            FieldType::Boolean => match value {
+                "true" | "false" => Ok(()),
+                _ => Err(format!("{} must be true or false", self.name)),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +189,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub audit_file: Option<PathBuf>,
+    pub webhook: Option<crate::audit::Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +316,8 @@ struct RawMetrics {
 struct RawLog {
     format: LogFormat,
     audit_file: Option<String>,
+    webhook_url: Option<Spanned<String>>,
+    webhook_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -380,6 +441,7 @@ impl Config {
         let mut metrics: Option<RawMetrics> = None;
         let mut log = RawLog::default();
         let mut ui = RawUi::default();
+        let mut user_fields: Vec<UserField> = Vec::new();
 
         for (key, value) in doc.get_ref().iter() {
             macro_rules! take {
@@ -406,10 +468,32 @@ impl Config {
                 }
                 "log" => take!(log),
                 "ui" => take!(ui),
+                "user_fields" => {
+                    let Some(items) = value.get_ref().as_array() else {
+                        report.push(src.error(Some(value.span()), "write custom fields as [[user_fields]] sections"));
+                        continue;
+                    };
+                    for item in items.iter() {
+                        let Some(f) = diag::section::<UserField>(&src, item, &mut report) else { continue };
+                        let reserved = ["username", "email", "first_name", "last_name", "superuser", "active", "password", "groups", "permissions"];
+                        let valid = !f.name.is_empty() && f.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                        if !valid || reserved.contains(&f.name.as_str()) || user_fields.iter().any(|u| u.name == f.name) {
+                            report.push(src.error(Some(item.span()), format!("invalid or duplicate custom field name {:?}: use lower-case letters, digits and _, not a built-in field", f.name)));
+                            continue;
+                        }
+                        if let Some(h) = &f.header {
+                            if http::HeaderName::from_bytes(h.as_bytes()).is_err() || h.contains('_') {
+                                report.push(src.error(Some(item.span()), format!("invalid header name {h:?}: use letters, digits and -")));
+                                continue;
+                            }
+                        }
+                        user_fields.push(f);
+                    }
+                }
                 other => report.push(src.error(
                     Some(key.span()),
                     format!(
-                        "unknown section `{other}`; expected one of server, upstream, storage, policy, session, headers, throttle, passwords, registration, metrics, log, ui"
+                        "unknown section `{other}`; expected one of server, upstream, storage, policy, session, headers, throttle, passwords, registration, metrics, log, ui, user_fields"
                     ),
                 )),
             }
@@ -645,6 +729,31 @@ impl Config {
             None => UiConfig::default().accent_color,
         };
 
+        let webhook = match &log.webhook_url {
+            None => None,
+            Some(u) => match url::Url::parse(u.get_ref()) {
+                Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {
+                    Some(crate::audit::Webhook {
+                        url,
+                        timeout: log
+                            .webhook_timeout
+                            .as_ref()
+                            .map(|d| d.get_ref().0)
+                            .unwrap_or(Duration::from_secs(5)),
+                    })
+                }
+                _ => {
+                    report.push(src.error(
+                        span(u),
+                        format!(
+                            "invalid webhook_url {:?}: write an http(s) URL",
+                            u.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         let (Some(public_url), Some(upstream_cfg)) = (public_url, upstream_cfg) else {
             return (None, report);
         };
@@ -707,6 +816,7 @@ impl Config {
             log: LogConfig {
                 format: log.format,
                 audit_file: log.audit_file.as_deref().map(rel),
+                webhook,
             },
             ui: UiConfig {
                 title: ui.title.unwrap_or_else(|| UiConfig::default().title),
@@ -715,6 +825,7 @@ impl Config {
                 templates_dir: ui.templates_dir.as_deref().map(rel),
                 static_dir: ui.static_dir.as_deref().map(rel),
             },
+            user_fields,
         };
         (Some(cfg), report)
     }

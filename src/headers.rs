@@ -65,6 +65,8 @@ pub struct IdentityHeaders {
     email: Vec<HeaderName>,
     groups: Vec<HeaderName>,
     name: Vec<HeaderName>,
+    /// Custom fields forwarded upstream: (field name, header).
+    fields: Vec<(String, HeaderName)>,
     /// Extra names to strip: every configured identity header.
     extra_owned: Vec<String>,
     drop_underscore: bool,
@@ -76,7 +78,12 @@ fn hn(s: &str) -> Option<HeaderName> {
 }
 
 impl IdentityHeaders {
-    pub fn new(cfg: &HeadersConfig, drop_underscore: bool, trusted: Vec<ipnet::IpNet>) -> Self {
+    pub fn new(
+        cfg: &HeadersConfig,
+        user_fields: &[crate::config::UserField],
+        drop_underscore: bool,
+        trusted: Vec<ipnet::IpNet>,
+    ) -> Self {
         let (mut user, mut email, mut groups, mut name): (
             Vec<&str>,
             Vec<&str>,
@@ -129,6 +136,10 @@ impl IdentityHeaders {
             email: email.iter().filter_map(|s| hn(s)).collect(),
             groups: groups.iter().filter_map(|s| hn(s)).collect(),
             name: name.iter().filter_map(|s| hn(s)).collect(),
+            fields: user_fields
+                .iter()
+                .filter_map(|f| Some((f.name.clone(), hn(f.header.as_deref()?)?)))
+                .collect(),
             extra_owned: all,
             drop_underscore,
             trusted,
@@ -185,6 +196,11 @@ impl IdentityHeaders {
         let full = user.full_name();
         let clean: String = full.chars().filter(|c| !c.is_control()).collect();
         set(req, &self.name, &clean);
+        for (field, header) in &self.fields {
+            if let Some(v) = user.fields.get(field) {
+                set(req, std::slice::from_ref(header), v);
+            }
+        }
     }
 
     /// The client's address: the peer, unless the peer is a trusted proxy,
@@ -240,7 +256,7 @@ mod tests {
             name: None,
             preferred_username: None,
         };
-        IdentityHeaders::new(&cfg, true, vec!["10.0.0.0/8".parse().unwrap()])
+        IdentityHeaders::new(&cfg, &[], true, vec!["10.0.0.0/8".parse().unwrap()])
     }
 
     #[test]

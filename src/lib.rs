@@ -16,6 +16,7 @@ pub mod demo;
 pub mod diag;
 pub mod gateway;
 pub mod headers;
+pub mod import;
 pub mod legacy;
 pub mod metrics;
 pub mod password_rules;
