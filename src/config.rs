@@ -869,6 +869,30 @@ fn check_upstream_url(raw: &str) -> Result<(url::Url, SocketAddr, bool, String),
     Ok((url, addr, tls, host))
 }
 
+/// Every `section.key` the config accepts, for documentation checks.
+pub fn known_keys() -> Vec<(&'static str, &'static str)> {
+    use crate::diag::field_names;
+    let sections: [(&str, Option<&'static [&'static str]>); 13] = [
+        ("server", field_names::<RawServer>()),
+        ("upstream", field_names::<RawUpstream>()),
+        ("storage", field_names::<RawStorage>()),
+        ("policy", field_names::<RawPolicy>()),
+        ("session", field_names::<RawSession>()),
+        ("headers", field_names::<RawHeaders>()),
+        ("throttle", field_names::<ThrottleConfig>()),
+        ("passwords", field_names::<PasswordRules>()),
+        ("registration", field_names::<RawRegistration>()),
+        ("metrics", field_names::<RawMetrics>()),
+        ("log", field_names::<RawLog>()),
+        ("ui", field_names::<RawUi>()),
+        ("user_fields", field_names::<UserField>()),
+    ];
+    sections
+        .iter()
+        .flat_map(|(s, keys)| keys.unwrap_or(&[]).iter().map(move |k| (*s, *k)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

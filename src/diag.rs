@@ -240,7 +240,7 @@ pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
 }
 
 /// The field names a struct deserialises, found by asking serde.
-fn field_names<T: serde::de::DeserializeOwned>() -> Option<&'static [&'static str]> {
+pub fn field_names<T: serde::de::DeserializeOwned>() -> Option<&'static [&'static str]> {
     struct Capture<'c>(&'c mut Option<&'static [&'static str]>);
     #[derive(Debug)]
     struct Stop;

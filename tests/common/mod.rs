@@ -116,7 +116,8 @@ impl Gw {
                 .clone()
                 .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\ngrace_period = 0\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\n{}\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                if opts.server.contains("grace_period") { "" } else { "grace_period = 0" },
                 opts.server,
                 if opts.extra.contains("[policy]") { "" } else { "[policy]\nfiles = [\"policy.toml\"]\n" },
                 opts.extra
@@ -131,8 +132,11 @@ impl Gw {
             if gw.spawn() {
                 return gw;
             }
+            eprintln!(
+                "gateway failed to start (attempt {attempt}), retrying on another port:\n{}",
+                gw.log()
+            );
             dir = gw.take_dir();
-            eprintln!("gateway failed to start (attempt {attempt}), retrying on another port");
         }
         panic!("gateway did not start");
     }

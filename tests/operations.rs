@@ -1,0 +1,290 @@
+//! Operations: metrics, JSON logs, signals, health checks, and the docs
+//! and Dockerfile an operator relies on.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PW: &str = "correct horse battery";
+
+#[test]
+fn metrics_list_the_series_and_count_logins() {
+    let mport = free_port();
+    let gw = Gw::with(Opts {
+        extra: format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"),
+        ..Opts::default()
+    });
+    gw.add_user("mia", PW, &[], false);
+    let c = gw.login("mia", PW);
+    c.get(gw.url("/x")).send().unwrap();
+    gw.client().get(gw.url("/x")).send().unwrap();
+    gw.client()
+        .post(gw.url("/.portcullis/login"))
+        .json(&serde_json::json!({"username":"mia","password":"wrong-wrong"}))
+        .send()
+        .unwrap();
+    let text = reqwest::blocking::get(format!("http://127.0.0.1:{mport}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    for series in [
+        "portcullis_requests_total{decision=\"allowed\"} 1",
+        "portcullis_requests_total{decision=\"login_required\"} 1",
+        "portcullis_logins_total{outcome=\"success\"} 1",
+        "portcullis_logins_total{outcome=\"invalid_credentials\"} 1",
+        "portcullis_sessions_active 1",
+        "portcullis_argon2_queue_depth",
+        "portcullis_policy_reloads_total{outcome=\"ok\"}",
+        "portcullis_policy_last_good_timestamp_seconds",
+        "portcullis_upstream_latency_seconds_bucket",
+        "portcullis_responses_total{status=\"401\"}",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+}
+
+#[test]
+fn json_logs_are_json_and_hold_no_secrets() {
+    let gw = Gw::with(Opts {
+        extra: String::new(),
+        ..Opts::default()
+    });
+    drop(gw);
+    // [log] is written by the harness; make a config with format = "json".
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(dir.path().join("policy.toml"), DEFAULT_POLICY).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n[upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\n", echo()),
+    )
+    .unwrap();
+    cli_with(&cfg, &["user", "add", "noah", "--password-stdin"], Some(PW));
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("http://127.0.0.1:{port}/.portcullis/health"))
+        .send()
+        .is_err()
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
+        .json(&serde_json::json!({"username":"noah","password":PW}))
+        .send()
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    client
+        .get(format!("http://127.0.0.1:{port}/x"))
+        .send()
+        .unwrap();
+    client
+        .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
+        .json(&serde_json::json!({"username":"noah","password":"Wrong-Secret-Guess"}))
+        .send()
+        .unwrap();
+    let page = client
+        .get(format!("http://127.0.0.1:{port}/.portcullis/logout"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = page
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+        n += 1;
+    }
+    assert!(n > 3, "{text}");
+    assert!(text.contains("user_logged_in"));
+    for secret in [PW, "Wrong-Secret-Guess", cookie.as_str(), token.as_str()] {
+        assert!(
+            !text.contains(secret),
+            "a secret leaked into the log: {secret}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_promptly() {
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    // An upstream that answers after 1 s.
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in slow.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(1000));
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                );
+            });
+        }
+    });
+    let mut gw = Gw::with(Opts {
+        upstream: Some(format!("http://{slow_addr}")),
+        server: "grace_period = \"5s\"".into(),
+        ..Opts::default()
+    });
+    let url = gw.url("/public/x");
+    let inflight = std::thread::spawn(move || {
+        reqwest::blocking::get(url).map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child = gw.child.take().unwrap();
+    let start = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let (code, body) = inflight
+        .join()
+        .unwrap()
+        .expect("in-flight request was dropped");
+    assert_eq!((code, body.as_str()), (200, "slow"));
+}
+
+#[test]
+fn healthcheck_command() {
+    let mut gw = Gw::start();
+    let (code, out, _) = gw.cli(&["healthcheck"], None);
+    assert_eq!(code, 0, "{out}");
+    gw.stop();
+    let (code, _, _) = gw.cli(&["healthcheck"], None);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    for (section, key) in portcullis::config::known_keys() {
+        let heading = if section == "user_fields" {
+            "### `[[user_fields]]`".to_string()
+        } else {
+            format!("### `[{section}]`")
+        };
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("docs/configuration.md has no {heading} section"));
+        let rest = &doc[start + heading.len()..];
+        let body = &rest[..rest.find("\n### ").unwrap_or(rest.len())];
+        assert!(
+            body.contains(&format!("| `{key}` |")),
+            "{section}.{key} is not documented"
+        );
+    }
+}
+
+/// Every ```toml block in the docs is valid: full configs parse, policy
+/// snippets compile (and their tests pass).
+#[test]
+fn documented_examples_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in [
+        "docs/configuration.md",
+        "docs/policy.md",
+        "docs/deployment.md",
+        "README.md",
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for (i, block) in text
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .enumerate()
+        {
+            let is_config = block.contains("[upstream]") || block.contains("[server]");
+            if is_config {
+                let (cfg, report) = portcullis::config::Config::parse(Path::new(doc), block, root);
+                let partial = !block.contains("[upstream]");
+                if partial {
+                    // A fragment: only check that it has no errors except the missing upstream.
+                    assert!(
+                        report.errors().all(|e| e.message.contains("upstream")),
+                        "{doc} block {i}:\n{report}"
+                    );
+                } else {
+                    assert!(
+                        cfg.is_some() && !report.has_errors(),
+                        "{doc} block {i}:\n{report}"
+                    );
+                }
+            } else {
+                let (policy, _) =
+                    portcullis::policy::load::compile(&[(Path::new(doc), block)], false)
+                        .unwrap_or_else(|r| panic!("{doc} block {i}:\n{r}"));
+                for t in portcullis::policy::load::run_tests(&policy) {
+                    assert!(t.passed, "{doc} block {i}: test {} failed", t.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dockerfile_builds_a_small_non_root_image_with_a_health_check() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    assert!(
+        text.matches("\nFROM ").count() + usize::from(text.starts_with("FROM ")) >= 2,
+        "multi-stage"
+    );
+    assert!(text.contains("cmake"));
+    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("\nUSER portcullis"));
+    assert!(text.contains("VOLUME [\"/data\"]"));
+    assert!(text.contains("HEALTHCHECK") && text.contains("healthcheck"));
+    assert!(text.contains("STOPSIGNAL SIGTERM"));
+    assert!(text.contains("EXPOSE 8080"));
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/container.toml");
+    let (code, out, err) = cli_with(&cfg, &["check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+}
