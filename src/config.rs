@@ -957,3 +957,24 @@ mod tests {
         assert!(parse_duration("3 weeks").is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    proptest! {
+        /// Malformed config or policy text is an error report, never a panic.
+        #[test]
+        fn parsing_never_panics(text in "(\\[[a-z_]{0,12}\\]\n|[a-z_]{1,12} = (\"[^\"\n]{0,20}\"|[0-9]{1,6}|\\[\\]|true)\n|\\[\\[rule\\]\\]\n|#.*\n){0,12}") {
+            let _ = super::Config::parse(Path::new("c.toml"), &text, Path::new("/tmp"));
+            let _ = crate::policy::load::compile(&[(Path::new("p.toml"), &text)], false);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(text in any::<String>()) {
+            let _ = super::Config::parse(Path::new("c.toml"), &text, Path::new("/tmp"));
+            let _ = crate::policy::load::compile(&[(Path::new("p.toml"), &text)], false);
+        }
+    }
+}

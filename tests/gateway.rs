@@ -577,3 +577,106 @@ fn malformed_or_forged_cookies_are_no_session() {
         assert_eq!(r.status(), 401, "cookie {v:?}");
     }
 }
+
+/// A raw upstream that accepts a WebSocket handshake and then echoes bytes.
+fn websocket_upstream() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: websocket") {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
+                let user = text
+                    .lines()
+                    .find(|l| l.starts_with("x-forwarded-user:"))
+                    .map(|l| l[17..].trim().to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Seen-User: {user}\r\n\r\n").as_bytes());
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_upgrades_pass_for_allowed_requests_only() {
+    use std::io::{Read, Write};
+    let up = websocket_upstream();
+    let gw = Gw::with(Opts {
+        upstream: Some(format!("http://{up}")),
+        ..Opts::default()
+    });
+    gw.add_user("wes", PW, &[], false);
+    let r = gw
+        .client()
+        .post(gw.url("/.portcullis/login"))
+        .json(&serde_json::json!({"username":"wes","password":PW}))
+        .send()
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let handshake = |cookie: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n",
+            gw.port
+        )
+    };
+    // Without a session: refused, never upgraded.
+    let a = raw(gw.port, handshake("").as_bytes());
+    assert_eq!(status_of(&a), 401, "{a}");
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(handshake(&format!("Cookie: {cookie}\r\n")).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-seen-user: wes"),
+        "{head}"
+    );
+    s.write_all(b"ping-frame").unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 10 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        echoed.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&echoed, b"ping-frame");
+}

@@ -806,3 +806,31 @@ allow = "authenticated"
         assert!(!res[1].passed);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The first matching rule decides, whatever the order of rules.
+        #[test]
+        fn first_match_wins(rules in prop::collection::vec(("[ab]{1,2}", any::<bool>(), 0usize..3), 1..8), path in prop::collection::vec("[ab]{1,2}", 0..3)) {
+            let allows = ["anyone", "authenticated", "nobody"];
+            let mut text = String::new();
+            for (i, (seg, tail, allow)) in rules.iter().enumerate() {
+                let p = if *tail { format!("/{seg}/**") } else { format!("/{seg}") };
+                text.push_str(&format!("[[rule]]\nname = \"r{i}\"\npath = \"{p}\"\nallow = \"{}\"\n", allows[*allow]));
+            }
+            let (policy, _) = compile(&[(Path::new("p.toml"), &text)], false).unwrap();
+            let req_path = format!("/{}", path.join("/"));
+            let m = http::Method::GET;
+            let d = policy.decide(&Request { method: &m, host: "h", path: &req_path }, None);
+            let expected = rules.iter().position(|(seg, tail, _)| {
+                path.first() == Some(seg) && (if *tail { true } else { path.len() == 1 })
+            });
+            let got = d.rule.map(|r| r.name.clone().unwrap_or_default());
+            prop_assert_eq!(got, expected.map(|i| format!("r{i}")));
+        }
+    }
+}

@@ -333,3 +333,55 @@ mod tests {
         assert!(!admin.covers(&all));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::canonical::match_segments;
+    use proptest::prelude::*;
+
+    fn seg() -> impl Strategy<Value = String> {
+        "[a-c]{1,3}"
+    }
+
+    proptest! {
+        /// A tail pattern matches exactly the paths whose segments start
+        /// with its own; an exact pattern exactly the same segments.
+        #[test]
+        fn tail_and_exact_match_on_segment_boundaries(pat in prop::collection::vec(seg(), 0..4), path in prop::collection::vec(seg(), 0..6), trailing in any::<bool>()) {
+            let p = format!("/{}", path.join("/")) + if trailing && !path.is_empty() { "/" } else { "" };
+            let segs: Vec<&str> = match_segments(&p).collect();
+            let tail = PathPattern::parse(&format!("/{}{}**", pat.join("/"), if pat.is_empty() { "" } else { "/" }), false).unwrap();
+            prop_assert_eq!(tail.matches(&segs), path.len() >= pat.len() && path[..pat.len()] == pat[..]);
+            let exact = PathPattern::parse(&format!("/{}", pat.join("/")), false).unwrap();
+            prop_assert_eq!(exact.matches(&segs), path == pat);
+        }
+
+        /// A literal never matches a longer or shorter segment that merely
+        /// shares a prefix (`/admin/**` vs `/administrator`).
+        #[test]
+        fn no_prefix_bleed(a in "[a-z]{1,6}", extra in "[a-z0-9]{1,4}") {
+            let pat = PathPattern::parse(&format!("/{a}/**"), false).unwrap();
+            let longer = format!("/{a}{extra}");
+            let segs: Vec<&str> = match_segments(&longer).collect();
+            prop_assert!(!pat.matches(&segs));
+        }
+
+        /// `covers` is sound: whatever the narrower pattern matches, the
+        /// wider one does too.
+        #[test]
+        fn covers_is_sound(a in prop::collection::vec(seg(), 0..3), b in prop::collection::vec(seg(), 0..4), path in prop::collection::vec(seg(), 0..5), at in any::<bool>(), bt in any::<bool>()) {
+            let mk = |v: &Vec<String>, t: bool| {
+                let base = format!("/{}", v.join("/"));
+                let s = if t { if v.is_empty() { "/**".to_string() } else { format!("{base}/**") } } else { base };
+                PathPattern::parse(&s, false).unwrap()
+            };
+            let (pa, pb) = (mk(&a, at), mk(&b, bt));
+            let p = format!("/{}", path.join("/"));
+            let segs: Vec<&str> = match_segments(&p).collect();
+            if pa.covers(&pb) && pb.matches(&segs) {
+                prop_assert!(pa.matches(&segs));
+            }
+        }
+    }
+}
