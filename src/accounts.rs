@@ -187,11 +187,16 @@ impl Accounts {
 
     /// The current record, from cache when hot.
     pub fn get(&self, username: &str) -> Result<Option<Arc<User>>> {
-        let key = user_key(username);
-        if let Some(u) = self.cache.read().get(&key) {
+        self.get_by_key(&user_key(username))
+    }
+
+    /// Like [`Accounts::get`] for a name already in key form (sessions
+    /// store keys), sparing the hot path a lower-casing allocation.
+    pub fn get_by_key(&self, key: &str) -> Result<Option<Arc<User>>> {
+        if let Some(u) = self.cache.read().get(key) {
             return Ok(Some(Arc::clone(u)));
         }
-        let Some(u) = self.store.get(&key)? else {
+        let Some(u) = self.store.get(key)? else {
             return Ok(None);
         };
         let u = Arc::new(u);
@@ -199,7 +204,7 @@ impl Accounts {
         if c.len() >= self.cache_cap {
             c.clear();
         }
-        c.insert(key, Arc::clone(&u));
+        c.insert(key.to_string(), Arc::clone(&u));
         Ok(Some(u))
     }
 

@@ -207,17 +207,22 @@ fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
-fn init_logging(format: config::LogFormat) {
+/// Logs go to standard error through a background writer, so a request
+/// never waits on a terminal or a pipe. The guard flushes at exit.
+fn init_logging(format: config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .with_ansi(ansi);
     let _ = match format {
         config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         config::LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 fn read_password(pw: &PasswordIn) -> anyhow::Result<String> {
@@ -301,12 +306,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Serve => {
             let cfg = load_config(flag)?;
-            init_logging(cfg.log.format);
+            let _log = init_logging(cfg.log.format);
             crate::server::serve(cfg)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { listen, data } => {
-            init_logging(config::LogFormat::Text);
+            let _log = init_logging(config::LogFormat::Text);
             crate::demo::run(listen, &data)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -148,8 +148,18 @@ impl IdentityHeaders {
 
     /// True if the gateway owns this header name and a client's copy must go.
     pub fn is_owned(&self, name: &str) -> bool {
-        (self.drop_underscore && name.contains('_'))
-            || OWNED_EXACT
+        if self.drop_underscore && name.contains('_') {
+            return true;
+        }
+        if self.extra_owned.iter().any(|p| normalised_eq_prefix(name, p, false)) {
+            return true;
+        }
+        // Every built-in owned name starts with one of these letters; most
+        // ordinary headers (accept, cookie, host, user-agent, ...) stop here.
+        if !matches!(name.as_bytes().first().map(u8::to_ascii_lowercase), Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')) {
+            return false;
+        }
+        OWNED_EXACT
                 .iter()
                 .any(|p| normalised_eq_prefix(name, p, false))
             || OWNED_PREFIXES

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub upstream_errors: IntCounter,
     pub audit_dropped: IntGauge,
+    /// Status counters resolved once: common codes, then classes.
+    by_code: Vec<(u16, IntCounter)>,
+    by_class: [IntCounter; 6],
 }
 
 impl Default for Metrics {
@@ -119,7 +122,12 @@ impl Metrics {
         for o in ["ok", "refused"] {
             policy_reloads.with_label_values(&[o]);
         }
+        const CODES: [u16; 17] = [200, 204, 301, 302, 303, 304, 400, 401, 403, 404, 405, 413, 415, 429, 502, 503, 504];
+        let by_code = CODES.iter().map(|c| (*c, status.with_label_values(&[&c.to_string()]))).collect();
+        let by_class = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| status.with_label_values(&[c]));
         Metrics {
+            by_code,
+            by_class,
             allowed: requests.with_label_values(&["allowed"]),
             public: requests.with_label_values(&["public"]),
             login_required: requests.with_label_values(&["login_required"]),
@@ -137,6 +145,14 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
             audit_dropped,
+        }
+    }
+
+    /// Counts a response status without a label lookup.
+    pub fn count_status(&self, code: u16) {
+        match self.by_code.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(),
+            None => self.by_class[usize::from(code / 100).min(5)].inc(),
         }
     }
 

@@ -285,7 +285,7 @@ fn users_see_and_end_their_own_sessions() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(page.contains("this browser"));
+    assert!(page.to_lowercase().contains("this browser"));
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl Gateway {
             let h = id.hash();
             match self.app.sessions.lookup(&h)? {
                 Lookup::Valid(live) => {
-                    let user = self.app.accounts.get(&live.user)?;
+                    let user = self.app.accounts.get_by_key(&live.user)?;
                     match user {
                         Some(u) if u.is_active => {
                             return Ok(Some(Identity {
@@ -325,11 +325,7 @@ impl ProxyHttp for Gateway {
             }
         };
         let policy = app.policy.current();
-        let path = if app.cfg.policy.case_insensitive {
-            target.path.to_ascii_lowercase()
-        } else {
-            target.path.clone()
-        };
+        let lowered = app.cfg.policy.case_insensitive.then(|| target.path.to_ascii_lowercase());
         let own = under_prefix(&target.path, &app.cfg.server.prefix);
         ctx.target = Some(target);
 
@@ -365,6 +361,11 @@ impl ProxyHttp for Gateway {
 
         // 4. Authorise.
         let req = session.req_header();
+        let path = match (&lowered, &ctx.target) {
+            (Some(l), _) => l.as_str(),
+            (None, Some(t)) => t.path.as_str(),
+            (None, None) => "/",
+        };
         let host = request_host(req);
         let subject = ctx.user.as_ref().map(|u| Subject {
             superuser: u.is_superuser,
@@ -375,7 +376,7 @@ impl ProxyHttp for Gateway {
             &Request {
                 method: &req.method,
                 host,
-                path: &path,
+                path,
             },
             subject.as_ref(),
         );
@@ -569,10 +570,7 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let app = &self.app;
-        app.metrics
-            .status
-            .with_label_values(&[status_label(status)])
-            .inc();
+        app.metrics.count_status(status);
         if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
             let rule = match (&ctx.policy, ctx.rule) {
                 (Some(p), Some(i)) => p.rules.get(i).map(|r| r.label()),
@@ -591,39 +589,6 @@ impl ProxyHttp for Gateway {
                 error = e.map(|e| e.to_string()),
             );
         }
-    }
-}
-
-fn status_label(s: u16) -> &'static str {
-    const KNOWN: [(u16, &str); 17] = [
-        (200, "200"),
-        (204, "204"),
-        (301, "301"),
-        (302, "302"),
-        (303, "303"),
-        (304, "304"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (413, "413"),
-        (415, "415"),
-        (429, "429"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    if let Some((_, l)) = KNOWN.iter().find(|(c, _)| *c == s) {
-        return l;
-    }
-    match s / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        _ => "0",
     }
 }
 
