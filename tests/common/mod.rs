@@ -75,6 +75,8 @@ pub struct Opts {
     pub upstream: Option<String>,
     /// Overrides `public_url` (default: the gateway's own http origin).
     pub public_url: Option<String>,
+    /// Lines added to the `[upstream]` section.
+    pub upstream_opts: String,
 }
 
 impl Default for Opts {
@@ -85,6 +87,7 @@ impl Default for Opts {
             server: String::new(),
             upstream: None,
             public_url: None,
+            upstream_opts: String::new(),
         }
     }
 }
@@ -116,9 +119,10 @@ impl Gw {
                 .clone()
                 .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\n{}\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\n{}\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n{}\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
                 if opts.server.contains("grace_period") { "" } else { "grace_period = 0" },
                 opts.server,
+                opts.upstream_opts,
                 if opts.extra.contains("[policy]") { "" } else { "[policy]\nfiles = [\"policy.toml\"]\n" },
                 opts.extra
             );
