@@ -151,17 +151,24 @@ impl IdentityHeaders {
         if self.drop_underscore && name.contains('_') {
             return true;
         }
-        if self.extra_owned.iter().any(|p| normalised_eq_prefix(name, p, false)) {
+        if self
+            .extra_owned
+            .iter()
+            .any(|p| normalised_eq_prefix(name, p, false))
+        {
             return true;
         }
         // Every built-in owned name starts with one of these letters; most
         // ordinary headers (accept, cookie, host, user-agent, ...) stop here.
-        if !matches!(name.as_bytes().first().map(u8::to_ascii_lowercase), Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')) {
+        if !matches!(
+            name.as_bytes().first().map(u8::to_ascii_lowercase),
+            Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')
+        ) {
             return false;
         }
         OWNED_EXACT
-                .iter()
-                .any(|p| normalised_eq_prefix(name, p, false))
+            .iter()
+            .any(|p| normalised_eq_prefix(name, p, false))
             || OWNED_PREFIXES
                 .iter()
                 .any(|p| normalised_eq_prefix(name, p, true))

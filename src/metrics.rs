@@ -122,9 +122,15 @@ impl Metrics {
         for o in ["ok", "refused"] {
             policy_reloads.with_label_values(&[o]);
         }
-        const CODES: [u16; 17] = [200, 204, 301, 302, 303, 304, 400, 401, 403, 404, 405, 413, 415, 429, 502, 503, 504];
-        let by_code = CODES.iter().map(|c| (*c, status.with_label_values(&[&c.to_string()]))).collect();
-        let by_class = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| status.with_label_values(&[c]));
+        const CODES: [u16; 17] = [
+            200, 204, 301, 302, 303, 304, 400, 401, 403, 404, 405, 413, 415, 429, 502, 503, 504,
+        ];
+        let by_code = CODES
+            .iter()
+            .map(|c| (*c, status.with_label_values(&[&c.to_string()])))
+            .collect();
+        let by_class =
+            ["0", "1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| status.with_label_values(&[c]));
         Metrics {
             by_code,
             by_class,

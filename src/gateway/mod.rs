@@ -325,7 +325,11 @@ impl ProxyHttp for Gateway {
             }
         };
         let policy = app.policy.current();
-        let lowered = app.cfg.policy.case_insensitive.then(|| target.path.to_ascii_lowercase());
+        let lowered = app
+            .cfg
+            .policy
+            .case_insensitive
+            .then(|| target.path.to_ascii_lowercase());
         let own = under_prefix(&target.path, &app.cfg.server.prefix);
         ctx.target = Some(target);
 
