@@ -26,7 +26,7 @@ demo: deps
 test: deps browser-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) test --locked --all-targets
+	PORTCULLIS_REQUIRE_BROWSER=1 $(CARGO) test --locked --lib --bins --tests
 
 ## Headless Chromium and its WebDriver for the browser tests.
 browser-deps:
