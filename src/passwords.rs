@@ -12,7 +12,6 @@ use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
 
 /// OWASP: 19 MiB, 2 iterations, 1 lane.
 pub const M_COST_KIB: u32 = 19 * 1024;
@@ -82,23 +81,62 @@ pub enum PoolError {
     Failed(String),
 }
 
-/// A bounded pool for argon2 work: a few permits (about one per spare
-/// core) and a bounded queue; past that, callers are told to come back
-/// (`503` with `Retry-After`) instead of piling up memory and latency.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A bounded pool for argon2 work: a few dedicated threads (about one per
+/// spare core) and a bounded queue; past that, callers are told to come
+/// back (`503` with `Retry-After`) instead of piling up memory and latency.
+///
+/// The threads run at a lower scheduling priority than the proxy, so a
+/// flood of logins cannot starve signed-in traffic of CPU: hashing only
+/// uses what the proxy leaves.
 pub struct HashPool {
-    permits: Arc<Semaphore>,
+    queue: std::sync::mpsc::SyncSender<Job>,
     in_flight: AtomicUsize,
     limit: usize,
+    workers: usize,
     dummy: String,
 }
+
+/// How much nicer than the proxy the hashing threads are.
+const HASH_NICENESS: i32 = 10;
 
 impl HashPool {
     pub fn new(workers: usize, queue: usize) -> Self {
         let workers = workers.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue + workers);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for n in 0..workers {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    // Linux applies a thread's nice value per thread (tid).
+                    #[cfg(target_os = "linux")]
+                    unsafe {
+                        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                        libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
+                    }
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         HashPool {
-            permits: Arc::new(Semaphore::new(workers)),
+            queue: tx,
             in_flight: AtomicUsize::new(0),
             limit: workers + queue,
+            workers,
             // Made once so unknown users cost the same as known ones.
             dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
         }
@@ -118,6 +156,11 @@ impl HashPool {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Number of hashing threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
@@ -127,13 +170,12 @@ impl HashPool {
         if n >= self.limit {
             return Err(PoolError::Busy);
         }
-        let _permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| PoolError::Failed(e.to_string()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| PoolError::Failed(e.to_string()))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.queue.try_send(job).map_err(|_| PoolError::Busy)?;
+        rx.await.map_err(|e| PoolError::Failed(e.to_string()))
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when

@@ -84,6 +84,17 @@ pub trait SessionStore: Send + Sync {
     /// Removes all of a user's sessions durably; returns their hashes.
     fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>>;
     fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>>;
+    /// Records a later last-seen time, if the session still exists. Not
+    /// flushed: losing it in a crash only makes a session expire sooner.
+    fn touch(&self, h: &SessionHash, last_seen: u64) -> Result<()> {
+        if let Some(mut r) = self.get(h)? {
+            if last_seen > r.last_seen {
+                r.last_seen = last_seen;
+                self.put(h, &r)?;
+            }
+        }
+        Ok(())
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -185,7 +196,9 @@ impl SessionStore for Store {
     }
 }
 
-/// A session as the hot path sees it.
+/// A session as the hot path sees it: only what deciding needs, so a
+/// hundred thousand of them stay small (address and browser stay in the
+/// store, for listings).
 #[derive(Debug)]
 pub struct Live {
     pub hash: SessionHash,
@@ -194,8 +207,6 @@ pub struct Live {
     pub expires: u64,
     last_seen: AtomicU64,
     persisted_seen: AtomicU64,
-    pub ip: String,
-    pub user_agent: String,
     pub remember: bool,
 }
 
@@ -208,26 +219,12 @@ impl Live {
             expires: r.expires,
             last_seen: AtomicU64::new(r.last_seen),
             persisted_seen: AtomicU64::new(r.last_seen),
-            ip: r.ip,
-            user_agent: r.user_agent,
             remember: r.remember,
         }
     }
 
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
-    }
-
-    pub fn record(&self) -> SessionRecord {
-        SessionRecord {
-            user: self.user.clone(),
-            created: self.created,
-            last_seen: self.last_seen(),
-            expires: self.expires,
-            ip: self.ip.clone(),
-            user_agent: self.user_agent.clone(),
-            remember: self.remember,
-        }
     }
 }
 
@@ -348,7 +345,7 @@ impl Sessions {
         {
             // sled buffers this write in memory (no fsync here); only one
             // request per interval and session gets to do it.
-            self.store.put(h, &live.record())?;
+            self.store.touch(h, now)?;
         }
         Ok(Lookup::Valid(live))
     }
@@ -412,10 +409,8 @@ impl Sessions {
         for shard in &self.shards {
             let lives: Vec<Arc<Live>> = shard.lock().values().cloned().collect();
             for l in lives {
-                if l.last_seen() != l.persisted_seen.load(Ordering::Relaxed)
-                    && self.store.get(&l.hash)?.is_some()
-                {
-                    self.store.put(&l.hash, &l.record())?;
+                if l.last_seen() != l.persisted_seen.load(Ordering::Relaxed) {
+                    self.store.touch(&l.hash, l.last_seen())?;
                 }
             }
         }
