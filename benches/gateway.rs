@@ -285,7 +285,11 @@ struct PassthroughServer {
 }
 
 impl PassthroughServer {
-    fn start(upstream: SocketAddr, dir: &Path) -> anyhow::Result<PassthroughServer> {
+    fn start(
+        upstream: SocketAddr,
+        dir: &Path,
+        pin: Option<Vec<usize>>,
+    ) -> anyhow::Result<PassthroughServer> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         // As the gateway builds it in src/server.rs (threads = 1 there too).
@@ -305,6 +309,14 @@ impl PassthroughServer {
         let thread = std::thread::Builder::new()
             .name("bench-passthrough".into())
             .spawn(move || {
+                // Pingora's runtime threads inherit this thread's CPU set.
+                if let Some(cpus) = &pin {
+                    if let Err(e) = set_affinity(0, cpus) {
+                        eprintln!("cannot pin the passthrough: {e}");
+                    }
+                }
+                // The load side runs at a raised priority; the proxies do not.
+                let _ = set_nice(0);
                 let mut server = Server::new_with_opt_and_conf(None, conf);
                 server.bootstrap();
                 let mut svc = pingora::proxy::http_proxy_service(
@@ -357,6 +369,85 @@ fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// CPU placement. With two or more CPUs, the proxy under test (the
+// passthrough's threads, or the whole gateway process) gets the first CPU
+// to itself and everything else here (load generator, upstream, pacer)
+// runs on the others, so the two proxies are measured alike and scheduler
+// noise from the load side does not land on them. BENCH_NO_PIN=1 turns
+// this off.
+
+#[derive(Clone)]
+struct Cpus {
+    sut: Vec<usize>,
+    load: Vec<usize>,
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn cpu_plan() -> Option<Cpus> {
+    if std::env::var_os("BENCH_NO_PIN").is_some_and(|v| !v.is_empty() && v != "0") {
+        return None;
+    }
+    let all = allowed_cpus();
+    if all.len() < 2 {
+        return None;
+    }
+    Some(Cpus {
+        sut: all[..1].to_vec(),
+        load: all[1..].to_vec(),
+    })
+}
+
+/// Pins one thread (`0`: the calling thread).
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO/CPU_SET.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's nice value (on Linux it is per thread, and
+/// new threads inherit their creator's).
+fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: a plain system call.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pins every thread of a running process to `cpus` (threads it creates
+/// later inherit their creator's set).
+fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+            // A thread may have exited meanwhile.
+            let _ = set_affinity(tid, cpus);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // The real gateway, as a child process.
 
 fn policy_text(fillers: usize) -> String {
@@ -402,16 +493,18 @@ struct Gateway {
     config: PathBuf,
     port: u16,
     child: Option<Child>,
+    pin: Option<Vec<usize>>,
 }
 
 impl Gateway {
-    fn new(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Gateway> {
+    fn new(dir: &Path, upstream: SocketAddr, pin: Option<Vec<usize>>) -> anyhow::Result<Gateway> {
         std::fs::write(dir.join("policy.toml"), policy_text(20))?;
         let mut g = Gateway {
             dir: dir.to_path_buf(),
             config: dir.join("portcullis.toml"),
             port: 0,
             child: None,
+            pin,
         };
         g.write_config(upstream, 200_000)?;
         Ok(g)
@@ -479,15 +572,27 @@ impl Gateway {
                 .append(true)
                 .open(self.dir.join("gateway.log"))?;
             // Access logging off (warn): the passthrough logs nothing either.
-            let child = Command::new(BIN)
-                .arg("serve")
+            let mut cmd = Command::new(BIN);
+            cmd.arg("serve")
                 .arg("--config")
                 .arg(&self.config)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("cannot start portcullis serve")?;
+                .stderr(log);
+            // It starts at nice 0, not at the load side's raised priority
+            // (its own threads may then lower theirs, as the hash pool does).
+            {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: between fork and exec the closure makes one system
+                // call and allocates nothing.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+                        Ok(())
+                    });
+                }
+            }
+            let child = cmd.spawn().context("cannot start portcullis serve")?;
             self.child = Some(child);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
@@ -500,6 +605,11 @@ impl Gateway {
                     &get_req(self.addr(), "/.portcullis/health", None, false),
                 ) {
                     if r.status == 200 {
+                        // Pinned once up (not before exec), so that it sizes
+                        // its hash pool from the machine's CPUs as usual.
+                        if let (Some(cpus), Some(pid)) = (&self.pin, self.pid()) {
+                            pin_process(pid, cpus)?;
+                        }
                         return Ok(());
                     }
                 }
@@ -901,13 +1011,12 @@ impl Conn {
     }
 
     async fn read_response(&mut self) -> std::io::Result<(u16, bool)> {
-        let mut scanned = self.head;
+        // `fill` may move the unread bytes to the front, so offsets are
+        // taken from `head` after every read (heads are small).
         let hend = loop {
-            let from = scanned.saturating_sub(3).max(self.head);
-            if let Some(p) = find(&self.buf[from..], b"\r\n\r\n") {
-                break from + p + 4;
+            if let Some(p) = find(&self.buf[self.head..], b"\r\n\r\n") {
+                break self.head + p + 4;
             }
-            scanned = self.buf.len();
             self.fill().await?;
         };
         let head = &self.buf[self.head..hend];
@@ -1130,9 +1239,14 @@ fn pace(sched: &Schedule, rate: f64, dur: Duration) -> u64 {
     let start = Instant::now();
     let total = (rate * dur.as_secs_f64()).round() as u64;
     let at = |k: u64| start + Duration::from_nanos((k as f64 * 1e9 / rate) as u64);
+    // At most one wake-up per 100 µs: the pacer shares a core with the
+    // load generator, and at high rates one wake-up per request would
+    // cost it more than the requests.
+    let tick = Duration::from_micros(100);
+    let mut last = start;
     let mut k = 0u64;
     while k < total {
-        let slot = at(k);
+        let slot = at(k).max(last + tick);
         let now = Instant::now();
         if slot > now {
             std::thread::sleep(slot - now);
@@ -1140,6 +1254,7 @@ fn pace(sched: &Schedule, rate: f64, dur: Duration) -> u64 {
         // Stamp with the release time: how late this thread woke is the
         // generator's fault, not the server's, and is left out.
         let now = Instant::now();
+        last = now;
         let mut n = 0;
         {
             let mut q = sched.queue.lock();
@@ -1223,10 +1338,15 @@ struct Figure {
     value: f64,
     unit: &'static str,
     target: Option<(&'static str, f64)>,
+    /// Why the figure cannot be judged (the run behind it was invalid).
+    invalid: Option<String>,
 }
 
 impl Figure {
     fn pass(&self) -> Option<bool> {
+        if self.invalid.is_some() {
+            return None;
+        }
         self.target.map(|(op, t)| match op {
             ">=" => self.value >= t,
             "<=" => self.value <= t,
@@ -1259,7 +1379,15 @@ impl Report {
             value,
             unit,
             target,
+            invalid: None,
         });
+    }
+
+    /// Marks the last figure as not judgeable.
+    fn invalidate_last(&mut self, why: &str) {
+        if let Some(f) = self.figures.last_mut() {
+            f.invalid = Some(why.to_string());
+        }
     }
 
     /// Records a run that must have no wrong answers.
@@ -1301,10 +1429,11 @@ fn print_table(r: &Report) {
                 f.target
                     .map(|(op, t)| format!("{op} {}", fmt_value(t, f.unit)))
                     .unwrap_or_else(|| "-".into()),
-                match f.pass() {
-                    Some(true) => "pass".into(),
-                    Some(false) => "MISS".into(),
-                    None => "".into(),
+                match (f.pass(), &f.invalid) {
+                    (Some(true), _) => "pass".into(),
+                    (Some(false), _) => "MISS".into(),
+                    (None, Some(_)) => "invalid".into(),
+                    (None, None) => "".into(),
                 },
             ]
         })
@@ -1346,6 +1475,43 @@ fn print_table(r: &Report) {
     }
 }
 
+/// Machine-wide CPU seconds from /proc/stat (busy in tasks, stolen by the
+/// hypervisor, interrupt work), and this process's own (with its
+/// waited-for children). Interrupt work (mostly loopback networking here)
+/// is charged to no task, so it is counted apart.
+fn cpu_seconds() -> (f64, f64, f64, f64) {
+    let hz = 100.0; // USER_HZ on Linux
+    let (mut busy, mut steal, mut irq) = (0.0, 0.0, 0.0);
+    if let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+    {
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        if v.len() >= 8 {
+            busy = (v[0] + v[1] + v[2]) / hz;
+            irq = (v[5] + v[6]) / hz;
+            steal = v[7] / hz;
+        }
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let mut own = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the struct it is given.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(who, &mut u) == 0 {
+                own += tv(u.ru_utime) + tv(u.ru_stime);
+            }
+        }
+    }
+    (busy, steal, own, irq)
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1377,6 +1543,12 @@ fn report_path() -> PathBuf {
 
 // ---------------------------------------------------------------------------
 // Scenarios.
+
+/// Whether an open-loop run served (nearly) everything it scheduled.
+fn kept_up(st: &Stats, rate: f64, dur: Duration) -> bool {
+    let scheduled = rate * dur.as_secs_f64();
+    st.ok as f64 >= 0.98 * scheduled && (st.backlog as f64) < 0.01 * scheduled
+}
 
 /// Alternating slices of two loads (A first in even pairs, B first in odd
 /// ones, so drift hits both alike); returns the merged stats of each.
@@ -1417,6 +1589,7 @@ async fn interleaved_open(
     b: &Load,
     plan: &Plan,
     rate: f64,
+    slices: &mut Vec<Value>,
 ) -> anyhow::Result<(Stats, Stats)> {
     let (mut sa, mut sb) = (Stats::new(), Stats::new());
     for i in 0..plan.pairs_fixed {
@@ -1427,6 +1600,12 @@ async fn interleaved_open(
         };
         for (is_a, l) in order {
             let st = open_loop(l, plan.open_conns, rate, plan.fixed_slice).await?;
+            slices.push(json!({
+                "target": if is_a { "a" } else { "b" },
+                "p50_us": round1(st.p_us(0.5)),
+                "p99_us": round1(st.p_us(0.99)),
+                "backlog": st.backlog,
+            }));
             let dst = if is_a { &mut sa } else { &mut sb };
             let elapsed = dst.elapsed + st.elapsed;
             dst.merge(st);
@@ -1553,14 +1732,37 @@ fn rule_matching(fillers: usize, iters: u32) -> anyhow::Result<(usize, f64, f64)
 fn main() {
     let smoke = std::env::var_os("BENCH_SMOKE").is_some_and(|v| !v.is_empty() && v != "0");
     let plan = Plan::new(smoke);
+    let _ = cores();
+    let cpus = cpu_plan();
+    if let Some(c) = &cpus {
+        // Every thread this process starts from now on inherits the set.
+        if let Err(e) = set_affinity(0, &c.load) {
+            eprintln!("cannot pin the load generator: {e}");
+        }
+    }
+    // The load side (generator, upstream, pacer) outranks the proxies, so
+    // when they share CPUs (scenarios 6 and 7) the proxy is what waits,
+    // as if the load came from elsewhere. Needs root; best effort.
+    let raised = set_nice(-10).is_ok();
+    if !raised {
+        eprintln!("cannot raise the load generator's priority (not root?); continuing");
+    }
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("load generator runtime");
     let mut report = Report::default();
-    let result = rt.block_on(run(&plan, &mut report));
+    let result = rt.block_on(run(&plan, cpus.clone(), &mut report));
     let elapsed = started.elapsed();
+    let cpu1 = cpu_seconds();
+    // CPU time others used meanwhile (other processes' busy time, and what
+    // the hypervisor stole): a noisy neighbour disturbs every figure.
+    let foreign = ((cpu1.0 - cpu0.0) - (cpu1.2 - cpu0.2)).max(0.0);
+    let stolen = cpu1.1 - cpu0.1;
+    let irq = cpu1.3 - cpu0.3;
+    let machine = elapsed.as_secs_f64() * cores() as f64;
     if let Err(e) = &result {
         eprintln!("\nthe benchmark harness failed: {e:#}");
     }
@@ -1577,12 +1779,29 @@ fn main() {
         elapsed.as_secs_f64()
     );
     print_table(&report);
+    println!(
+        "\nother processes used {foreign:.1} CPU-s and the hypervisor stole {stolen:.1} CPU-s \
+         ({:.1}% of the machine) during the run{}\n(interrupt work, mostly loopback networking: {irq:.1} CPU-s)",
+        100.0 * (foreign + stolen) / machine,
+        if (foreign + stolen) / machine > 0.05 {
+            ": the figures are disturbed; run again on a quiet machine"
+        } else {
+            ""
+        }
+    );
     let out = json!({
         "smoke": smoke,
         "commit": git_commit(),
         "nproc": cores(),
         "cpu": cpu_model(),
         "duration_s": round1(elapsed.as_secs_f64()),
+        "load_side_nice_minus_10": raised,
+        "foreign_cpu_s": round1(foreign),
+        "stolen_cpu_s": round1(stolen),
+        "interrupt_cpu_s": round1(irq),
+        "cpu_pinning": cpus.as_ref().map(|c| json!({
+            "proxy_under_test": c.sut, "load_generator_and_upstream": c.load,
+        })),
         "figures": report.figures.iter().map(|f| json!({
             "key": f.key,
             "figure": f.what,
@@ -1590,6 +1809,7 @@ fn main() {
             "unit": f.unit,
             "target": f.target.map(|(op, t)| format!("{op} {t}")),
             "pass": f.pass(),
+            "invalid": f.invalid,
         })).collect::<Vec<_>>(),
         "scenarios": Value::Object(report.scenarios.clone()),
         "wrong_answers": report.wrong,
@@ -1614,23 +1834,29 @@ fn main() {
     }
 }
 
+/// The machine's CPUs (read before this process pins itself, which
+/// `available_parallelism` would then reflect).
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 fn step(name: &str) {
     eprintln!("[bench] {name}");
 }
 
-async fn run(plan: &Plan, rep: &mut Report) -> anyhow::Result<()> {
+async fn run(plan: &Plan, cpus: Option<Cpus>, rep: &mut Report) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let upstream = spawn_upstream()?;
-    let mut pt = PassthroughServer::start(upstream, tmp.path())?;
+    let sut = cpus.as_ref().map(|c| c.sut.clone());
+    let mut pt = PassthroughServer::start(upstream, tmp.path(), sut.clone())?;
     let gw_dir = tmp.path().join("gateway");
     std::fs::create_dir_all(&gw_dir)?;
-    let mut gw = Gateway::new(&gw_dir, upstream)?;
+    let mut gw = Gateway::new(&gw_dir, upstream, sut)?;
     let res = scenarios(plan, rep, upstream, pt.addr, &mut gw).await;
     gw.stop();
     pt.stop();
@@ -1672,7 +1898,7 @@ async fn scenarios(
     // The signed-in workload and its passthrough twin.
     let gw_signed = Load::new(
         ga,
-        signed_in_reqs(ga, &[alice.clone()], "alice"),
+        signed_in_reqs(ga, std::slice::from_ref(&alice), "alice"),
         Pick::Cycle,
     );
     let pt_signed = Load::new(pt, via_passthrough(pt, &gw_signed.reqs, ga), Pick::Cycle);
@@ -1792,7 +2018,9 @@ async fn scenarios(
     // 5. Fixed rate: added latency.
     let fixed_rate = (pt_rate / 2.0).max(50.0).round();
     step(&format!("5. fixed rate {fixed_rate:.0}/s: added latency"));
-    let (st_ptf, st_gwf) = interleaved_open(&pt_signed, &gw_signed, plan, fixed_rate).await?;
+    let mut slices = Vec::new();
+    let (st_ptf, st_gwf) =
+        interleaved_open(&pt_signed, &gw_signed, plan, fixed_rate, &mut slices).await?;
     rep.strict("passthrough fixed rate", &st_ptf);
     rep.strict("gateway fixed rate", &st_gwf);
     rep.fig(
@@ -1830,6 +2058,17 @@ async fn scenarios(
         "µs",
         None,
     );
+    // Latency at a rate one of them could not keep up with is queueing,
+    // not added latency: such a run is not judged.
+    let fixed_dur = plan.fixed_slice * plan.pairs_fixed as u32;
+    let fixed_invalid = match (
+        kept_up(&st_ptf, fixed_rate, fixed_dur),
+        kept_up(&st_gwf, fixed_rate, fixed_dur),
+    ) {
+        (true, true) => None,
+        (false, _) => Some("the passthrough did not keep up with the fixed rate"),
+        (_, false) => Some("the gateway did not keep up with the fixed rate"),
+    };
     rep.fig(
         "added_p50",
         "5. added latency p50",
@@ -1837,6 +2076,9 @@ async fn scenarios(
         "µs",
         Some(("<=", 30.0)),
     );
+    if let Some(why) = fixed_invalid {
+        rep.invalidate_last(why);
+    }
     rep.fig(
         "added_p99",
         "5. added latency p99",
@@ -1844,29 +2086,47 @@ async fn scenarios(
         "µs",
         Some(("<=", 250.0)),
     );
+    if let Some(why) = fixed_invalid {
+        rep.invalidate_last(why);
+    }
     rep.scenarios.insert(
         "5_fixed_rate".into(),
-        json!({ "rate_per_s": fixed_rate, "passthrough": st_ptf.json(), "gateway": st_gwf.json() }),
+        json!({ "rate_per_s": fixed_rate, "passthrough": st_ptf.json(), "gateway": st_gwf.json(),
+                "slices_a_passthrough_b_gateway": slices }),
     );
 
     // 6. Login rate.
     step("6. login rate with real argon2 vs the hash pool's theoretical rate");
-    let (hash_ms, verify_ms) = tokio::task::spawn_blocking(|| -> anyhow::Result<(f64, f64)> {
-        let t = Instant::now();
-        let h = portcullis::passwords::hash_blocking(PASSWORD).map_err(|e| anyhow!(e))?;
-        let hash_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut v: Vec<f64> = (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                let ok = portcullis::passwords::verify_blocking(PASSWORD, &h);
-                (ok, t.elapsed().as_secs_f64() * 1e3)
-            })
-            .map(|(ok, ms)| if ok { ms } else { f64::NAN })
-            .collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        Ok((hash_ms, v[1]))
-    })
-    .await??;
+    // The gateway stays on its one CPU, so its hash worker shares that
+    // core with the proxy thread (the other CPU of a 2-CPU machine runs the
+    // load side). That makes scenario 7 the strict case: hashing must not
+    // starve proxying even on the same core.
+    // Timed while the gateway idles: one hash, then 8 checks. Their time
+    // varies with where argon2's 19 MiB come from (freshly faulted-in pages
+    // cost this VM ~9 ms more than reused ones), so the theoretical rate
+    // uses the fastest: the best the pool could do.
+    let (hash_ms, verify_ms, samples) =
+        tokio::task::spawn_blocking(|| -> anyhow::Result<(f64, f64, Vec<f64>)> {
+            let t = Instant::now();
+            let h = portcullis::passwords::hash_blocking(PASSWORD).map_err(|e| anyhow!(e))?;
+            let hash_ms = t.elapsed().as_secs_f64() * 1e3;
+            let samples: Vec<f64> = (0..8)
+                .map(|_| {
+                    let t = Instant::now();
+                    let ok = portcullis::passwords::verify_blocking(PASSWORD, &h);
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    if ok {
+                        ms
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect();
+            let mut sorted = samples.clone();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            Ok((hash_ms, sorted[0], samples))
+        })
+        .await??;
     if verify_ms.is_nan() {
         bail!("verify_blocking rejected the right password");
     }
@@ -1884,7 +2144,7 @@ async fn scenarios(
     rep.strict("login", &st_login);
     rep.fig(
         "verify_ms",
-        "6. one argon2id verification, in-process",
+        "6. one argon2id verification, in-process (fastest of 8)",
         verify_ms,
         "ms",
         None,
@@ -1910,9 +2170,20 @@ async fn scenarios(
         "",
         Some((">=", 0.9)),
     );
+    let mut sorted = samples.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median_ms = sorted[sorted.len() / 2];
+    rep.fig(
+        "login_efficiency_median",
+        "6. login efficiency against the median check time",
+        st_login.rate() * median_ms / (workers as f64 * 1000.0),
+        "",
+        None,
+    );
     rep.scenarios.insert(
         "6_login".into(),
-        json!({ "hash_ms": round3(hash_ms), "verify_ms": round3(verify_ms), "workers": workers,
+        json!({ "hash_ms": round3(hash_ms), "verify_ms": round3(verify_ms), "verify_median_ms": round3(median_ms),
+                "verify_samples_ms": samples.iter().map(|x| round3(*x)).collect::<Vec<_>>(), "workers": workers,
                 "theoretical_per_s": round1(theoretical), "login": st_login.json() }),
     );
 
@@ -1970,6 +2241,11 @@ async fn scenarios(
         "",
         Some(("<=", 1.5)),
     );
+    if !kept_up(&base, fixed_rate, plan.flood) {
+        rep.invalidate_last(
+            "the gateway did not keep up with the fixed rate even without the flood",
+        );
+    }
     rep.fig(
         "flood_errors",
         "7. signed-in errors during flood",
@@ -2104,8 +2380,8 @@ async fn scenarios(
 }
 
 /// Writes `n` sessions for alice straight into the (stopped) gateway's
-/// store; returns their cookie values and the raw bytes they stand for
-/// (key + record in the sessions tree, key in the per-user index).
+/// store; returns their cookie values and the raw bytes of all sessions
+/// there (key + record in the sessions tree, key in the per-user index).
 fn seed_sessions(data: &Path, n: usize) -> anyhow::Result<(Vec<String>, u64)> {
     use portcullis::session::Sessions;
     use portcullis::store::Store;
@@ -2117,12 +2393,20 @@ fn seed_sessions(data: &Path, n: usize) -> anyhow::Result<(Vec<String>, u64)> {
         1024,
     );
     let mut cookies = Vec::with_capacity(n);
-    let mut raw = 0u64;
     for _ in 0..n {
-        let (id, live) = sessions.create("alice", "127.0.0.1", UA, false)?;
-        raw +=
-            32 + serde_json::to_vec(&live.record())?.len() as u64 + ("alice".len() + 1 + 32) as u64;
+        let (id, _live) = sessions.create("alice", "127.0.0.1", UA, false)?;
         cookies.push(id.to_cookie_value());
+    }
+    // What the store holds for them, byte for byte: keys and values of the
+    // sessions tree and keys of the per-user index (its values are empty).
+    let mut raw = 0u64;
+    for kv in store.sessions.iter() {
+        let (k, v) = kv?;
+        raw += (k.len() + v.len()) as u64;
+    }
+    for kv in store.sessions_by_user.iter() {
+        let (k, v) = kv?;
+        raw += (k.len() + v.len()) as u64;
     }
     store.flush()?;
     drop(sessions);
