@@ -28,6 +28,21 @@ pub struct Target {
 }
 
 impl Target {
+    /// True if `raw` (a request target as sent) is exactly this target's
+    /// path and query, so it can be forwarded without rewriting.
+    pub fn is_spelled(&self, raw: &[u8]) -> bool {
+        let p = self.path.as_bytes();
+        match &self.query {
+            None => raw == p,
+            Some(q) => {
+                raw.len() == p.len() + 1 + q.len()
+                    && raw.starts_with(p)
+                    && raw[p.len()] == b'?'
+                    && raw.ends_with(q.as_bytes())
+            }
+        }
+    }
+
     /// The target as it should be forwarded: path plus "?query" if any.
     pub fn to_uri_string(&self) -> String {
         match &self.query {
@@ -212,6 +227,44 @@ fn checked_query(raw: &[u8]) -> Result<String, TargetError> {
 }
 
 fn canonical_path(raw: &[u8]) -> Result<String, TargetError> {
+    if raw.len() <= MAX_TARGET_LEN && already_canonical(raw) {
+        // Most paths are already canonical: one copy, no rewriting.
+        return Ok(String::from_utf8_lossy(raw).into_owned());
+    }
+    slow_canonical_path(raw)
+}
+
+/// True for paths the full canonicalisation would return unchanged: only
+/// characters allowed raw, no escapes, no empty, `.` or `..` segments, and
+/// no segment starting with `;`.
+fn already_canonical(raw: &[u8]) -> bool {
+    if raw.first() != Some(&b'/') {
+        return false;
+    }
+    let plain = |b: u8| is_unreserved(b) || b"!$&'()*+,;=:@/".contains(&b);
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if !plain(b) {
+            return false;
+        }
+        if b == b'/' {
+            let next = raw.get(i + 1).copied();
+            let after = raw.get(i + 2).copied();
+            let third = raw.get(i + 3).copied();
+            let ends = |c: Option<u8>| matches!(c, None | Some(b'/') | Some(b';'));
+            match next {
+                Some(b'/') | Some(b';') => return false,
+                Some(b'.') if ends(after) || (after == Some(b'.') && ends(third)) => return false,
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
+fn slow_canonical_path(raw: &[u8]) -> Result<String, TargetError> {
     let spelled = normalise_spelling(raw)?;
     let path = resolve_segments(&spelled)?;
     if path.len() > MAX_TARGET_LEN {
@@ -798,5 +851,28 @@ mod tests {
                 prop_assert_eq!(plain, canonical, "{:?}", path);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// The fast path never disagrees with the full canonicalisation.
+        #[test]
+        fn fast_path_agrees_with_the_full_reading(raw in "/[a-zA-Z0-9._~!$&'()*+,;=:@/-]{0,40}") {
+            if already_canonical(raw.as_bytes()) {
+                proptest::prop_assert_eq!(slow_canonical_path(raw.as_bytes()), Ok(raw.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn spelled_as_sent() {
+        let t = canonicalize(b"/a/b?x=1", None).unwrap();
+        assert!(t.is_spelled(b"/a/b?x=1"));
+        assert!(!t.is_spelled(b"/a/./b?x=1"));
+        assert!(!t.is_spelled(b"/a/b"));
+        let t = canonicalize(b"/a//b", None).unwrap();
+        assert!(!t.is_spelled(b"/a//b"));
+        assert!(t.is_spelled(b"/a/b"));
+        let t = canonicalize(b"/a?", None).unwrap();
+        assert!(t.is_spelled(b"/a?"));
     }
 }

@@ -213,7 +213,12 @@ fn init_logging(format: config::LogFormat) -> tracing_appender::non_blocking::Wo
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The writer thread flushes after each batch it drains, so a buffer
+    // turns a burst of lines into one write without delaying a quiet log.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -125,12 +125,7 @@ impl BackgroundService for Housekeeping {
                 None
             }
         };
-        let mut tick = tokio::time::interval(
-            app.cfg
-                .session
-                .sweep_interval
-                .max(Duration::from_millis(100)),
-        );
+        let sweeper = spawn_sweeper(Arc::clone(&app));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -138,21 +133,54 @@ impl BackgroundService for Housekeeping {
                     let p = Arc::clone(&app.policy);
                     let _ = tokio::task::spawn_blocking(move || p.reload("sighup")).await;
                 }
-                _ = tick.tick() => {
-                    let a = Arc::clone(&app);
-                    match tokio::task::spawn_blocking(move || a.sessions.sweep()).await {
-                        Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "expired sessions swept"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "session sweep failed"),
-                        _ => {}
-                    }
-                }
             }
         }
+        sweeper.store(true, Ordering::Relaxed);
         admin.abort();
         if let Some(m) = metrics {
             m.abort();
         }
     }
+}
+
+/// Sweeps expired sessions from a thread of its own at low priority: a
+/// sweep reads every session, and that must not compete with requests.
+fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let every = app
+        .cfg
+        .session
+        .sweep_interval
+        .max(Duration::from_millis(100));
+    let spawned = std::thread::Builder::new()
+        .name("session-sweeper".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+            let step = Duration::from_millis(100);
+            let mut waited = Duration::ZERO;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited < every {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                match app.sessions.sweep() {
+                    Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions swept"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "session sweep failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the session sweeper");
+    }
+    stop
 }
 
 fn update_gauges(app: &App) {

@@ -84,6 +84,15 @@ pub trait SessionStore: Send + Sync {
     /// Removes all of a user's sessions durably; returns their hashes.
     fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>>;
     fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>>;
+    /// Removes sessions that have expired anyway (lookups refuse them), so
+    /// without a flush per session. Returns how many were removed.
+    fn remove_expired(&self, hs: &[SessionHash]) -> Result<usize> {
+        let mut n = 0;
+        for h in hs {
+            n += usize::from(self.remove(h)?.is_some());
+        }
+        Ok(n)
+    }
     /// Records a later last-seen time, if the session still exists. Not
     /// flushed: losing it in a crash only makes a session expire sooner.
     fn touch(&self, h: &SessionHash, last_seen: u64) -> Result<()> {
@@ -102,8 +111,25 @@ pub trait SessionStore: Send + Sync {
     fn flush(&self) -> Result<()>;
 }
 
+/// Session records are stored compactly (a tag byte, then postcard): the
+/// cold path decodes one per request, and 100k of them should be small on
+/// disk. Records written as JSON by earlier versions still read.
+const RECORD_V1: u8 = 0xB1;
+
 fn decode(v: &[u8]) -> Result<SessionRecord> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("session record: {e}")))
+    match v.split_first() {
+        Some((&RECORD_V1, body)) => postcard::from_bytes(body)
+            .map_err(|e| StoreError::Corrupt(format!("session record: {e}"))),
+        Some((b'{', _)) => serde_json::from_slice(v)
+            .map_err(|e| StoreError::Corrupt(format!("session record: {e}"))),
+        _ => Err(StoreError::Corrupt("session record: unknown format".into())),
+    }
+}
+
+fn encode(rec: &SessionRecord) -> Result<Vec<u8>> {
+    let mut out = vec![RECORD_V1];
+    postcard::to_io(rec, &mut out).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(out)
 }
 
 fn by_user_key(user: &str, h: &SessionHash) -> Vec<u8> {
@@ -120,8 +146,7 @@ impl SessionStore for Store {
     }
 
     fn put(&self, h: &SessionHash, rec: &SessionRecord) -> Result<()> {
-        let v = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.sessions.insert(h, v)?;
+        self.sessions.insert(h, encode(rec)?)?;
         self.sessions_by_user
             .insert(by_user_key(&rec.user, h), &[])?;
         Ok(())
@@ -134,6 +159,19 @@ impl SessionStore for Store {
         }
         self.db.flush()?;
         Ok(old)
+    }
+
+    fn remove_expired(&self, hs: &[SessionHash]) -> Result<usize> {
+        let mut n = 0;
+        for h in hs {
+            if let Some(v) = self.sessions.remove(h)? {
+                if let Ok(r) = decode(&v) {
+                    self.sessions_by_user.remove(by_user_key(&r.user, h))?;
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>> {
@@ -392,15 +430,20 @@ impl Sessions {
         let now = unix_millis();
         let idle_ms = self.idle.as_millis() as u64;
         let mut n = 0;
+        let mut expired = Vec::new();
         for (h, rec) in self.store.list(None)? {
-            let cached_seen = self.shard(&h).lock().get(&h).map(|l| l.last_seen());
-            let seen = cached_seen.unwrap_or(rec.last_seen).max(rec.last_seen);
-            if now >= rec.expires || now.saturating_sub(seen) >= idle_ms {
-                self.evict(&h);
-                self.store.remove(&h)?;
-                n += 1;
+            let gone = now >= rec.expires
+                || (now.saturating_sub(rec.last_seen) >= idle_ms
+                    // The stored time says idle; the cache may know better.
+                    && self.shard(&h).lock().get(&h).is_none_or(|l| now.saturating_sub(l.last_seen()) >= idle_ms));
+            if gone {
+                expired.push(h);
             }
         }
+        for h in &expired {
+            self.evict(h);
+        }
+        n += self.store.remove_expired(&expired)?;
         Ok(n)
     }
 
@@ -436,6 +479,25 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip_and_old_json_still_reads() {
+        let r = SessionRecord {
+            user: "ann".into(),
+            created: 1,
+            last_seen: 2,
+            expires: 3,
+            ip: "::1".into(),
+            user_agent: "curl".into(),
+            remember: true,
+        };
+        let bytes = encode(&r).unwrap();
+        assert!(bytes.len() < 32, "{}", bytes.len());
+        assert_eq!(decode(&bytes).unwrap(), r);
+        assert_eq!(decode(&serde_json::to_vec(&r).unwrap()).unwrap(), r);
+        assert!(decode(b"").is_err());
+        assert!(decode(&[RECORD_V1, 0xff]).is_err());
+    }
 
     #[test]
     fn cookie_values_parse_strictly() {

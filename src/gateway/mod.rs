@@ -29,6 +29,10 @@ use crate::policy::{Outcome, Policy, Request, Subject};
 use crate::session::{Live, Lookup, SessionId};
 use reply::{send, Reply};
 
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
 pub struct Gateway {
     pub app: Arc<App>,
 }
@@ -453,8 +457,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         let app = &self.app;
-        // Forward exactly the path that was authorised.
-        if let Some(t) = &ctx.target {
+        // Forward exactly the path that was authorised (rewriting the URI
+        // only when the client's spelling differs from it).
+        if let Some(t) = ctx
+            .target
+            .as_ref()
+            .filter(|t| !t.is_spelled(upstream.raw_path()))
+        {
             let uri: http::Uri = t.to_uri_string().parse().map_err(|_| {
                 pingora::Error::explain(
                     pingora::ErrorType::InvalidHTTPHeader,
@@ -478,16 +487,16 @@ impl ProxyHttp for Gateway {
             app.headers.inject(upstream, u);
         }
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
         }
-        upstream.insert_header("x-forwarded-proto", app.cfg.server.public_url.scheme())?;
+        upstream.insert_header(X_FORWARDED_PROTO, app.cfg.server.public_url.scheme())?;
         if let Some(h) = session
             .req_header()
             .headers
             .get(http::header::HOST)
             .cloned()
         {
-            upstream.insert_header("x-forwarded-host", h)?;
+            upstream.insert_header(X_FORWARDED_HOST, h)?;
         }
         if !app.cfg.upstream.preserve_host {
             let host = match app.cfg.upstream.url.port() {
