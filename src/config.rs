@@ -782,7 +782,7 @@ impl Config {
             upstream: upstream_cfg,
             storage: StorageConfig {
                 path: rel(storage.path.as_deref().unwrap_or("data")),
-                cache_bytes: storage.cache_mb.unwrap_or(64) * 1024 * 1024,
+                cache_bytes: storage.cache_mb.unwrap_or(32) * 1024 * 1024,
             },
             policy: PolicyConfig {
                 files: policy

@@ -143,8 +143,9 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Sweeps expired sessions from a thread of its own at low priority: a
-/// sweep reads every session, and that must not compete with requests.
+/// Sweeps expired sessions, and writes back last-seen times, from a thread
+/// of its own at low priority: a sweep reads every session, and neither
+/// must compete with requests.
 fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&stop);

@@ -161,6 +161,22 @@ impl SessionStore for Store {
         Ok(old)
     }
 
+    /// Atomic read-modify-write, so a write-back racing a revocation can
+    /// never bring the revoked session back.
+    fn touch(&self, h: &SessionHash, last_seen: u64) -> Result<()> {
+        self.sessions.fetch_and_update(h, |old| {
+            let old = old?;
+            match decode(old) {
+                Ok(mut r) if last_seen > r.last_seen => {
+                    r.last_seen = last_seen;
+                    encode(&r).ok().or_else(|| Some(old.to_vec()))
+                }
+                _ => Some(old.to_vec()),
+            }
+        })?;
+        Ok(())
+    }
+
     fn remove_expired(&self, hs: &[SessionHash]) -> Result<usize> {
         let mut n = 0;
         for h in hs {
@@ -276,7 +292,14 @@ pub struct Sessions {
     pub absolute: Duration,
     /// Last-seen is written back at most this often per session.
     coalesce_ms: u64,
+    /// Last-seen times waiting to be written back by the background
+    /// writer ([`Sessions::write_back`]); requests only append here.
+    dirty: Mutex<Vec<(SessionHash, u64)>>,
 }
+
+/// Pending last-seen write-backs kept at most; past that they are dropped,
+/// which can only make a session expire a little sooner after a restart.
+const MAX_DIRTY: usize = 200_000;
 
 pub enum Lookup {
     Valid(Arc<Live>),
@@ -304,6 +327,7 @@ impl Sessions {
             idle,
             absolute,
             coalesce_ms,
+            dirty: Mutex::new(Vec::new()),
         }
     }
 
@@ -381,9 +405,12 @@ impl Sessions {
                 .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            // sled buffers this write in memory (no fsync here); only one
-            // request per interval and session gets to do it.
-            self.store.touch(h, now)?;
+            // Only one request per interval and session gets here; the write
+            // itself happens off the request path.
+            let mut d = self.dirty.lock();
+            if d.len() < MAX_DIRTY {
+                d.push((*h, now));
+            }
         }
         Ok(Lookup::Valid(live))
     }
@@ -447,8 +474,19 @@ impl Sessions {
         Ok(n)
     }
 
+    /// Writes pending last-seen times to the store (from a background
+    /// thread). Returns how many were written.
+    pub fn write_back(&self) -> Result<usize> {
+        let pending = std::mem::take(&mut *self.dirty.lock());
+        for (h, seen) in &pending {
+            self.store.touch(h, *seen)?;
+        }
+        Ok(pending.len())
+    }
+
     /// Writes back in-memory last-seen times (at shutdown).
     pub fn persist_all(&self) -> Result<()> {
+        self.write_back()?;
         for shard in &self.shards {
             let lives: Vec<Arc<Live>> = shard.lock().values().cloned().collect();
             for l in lives {
@@ -526,6 +564,25 @@ mod tests {
         assert!(store.sessions.get(id.hash()).unwrap().is_some());
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Valid(_)));
         s.revoke(&id.hash()).unwrap();
+        assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Missing));
+    }
+
+    #[test]
+    fn write_back_never_revives_a_revoked_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Sessions::new(
+            Arc::new(store.clone()),
+            Duration::from_millis(20),
+            Duration::from_secs(600),
+            100,
+        );
+        let (id, _) = s.create("zoe", "", "", false).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Valid(_)));
+        s.revoke(&id.hash()).unwrap();
+        s.write_back().unwrap();
+        assert!(SessionStore::get(&store, &id.hash()).unwrap().is_none());
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Missing));
     }
 

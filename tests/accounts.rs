@@ -66,12 +66,7 @@ fn admin_cli_works_against_a_running_gateway_and_takes_effect_at_once() {
     assert_eq!(code, 0);
     assert!(out.contains("1 session(s) ended"), "{out}");
     assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 401);
-    let r = gw
-        .client()
-        .post(gw.url("/.portcullis/login"))
-        .json(&serde_json::json!({"username":"anna","password":PW}))
-        .send()
-        .unwrap();
+    let r = gw.post_login("anna", PW);
     assert_eq!(r.status(), 401);
     assert_eq!(r.text().unwrap(), r#"{"error":"invalid_credentials"}"#);
     gw.cli(&["user", "enable", "anna"], None);
@@ -359,8 +354,8 @@ fn every_auth_event_is_one_json_line() {
     assert!(gw.log().contains("user_logged_in"));
 }
 
-#[test]
-fn webhook_receives_events_and_a_dead_one_delays_nothing() {
+/// A webhook receiver that records each POSTed body.
+fn webhook_receiver() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -371,14 +366,11 @@ fn webhook_receives_events_and_a_dead_one_delays_nothing() {
             let mut len = 0usize;
             loop {
                 let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
                 if line.to_ascii_lowercase().starts_with("content-length:") {
                     len = line[15..].trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
                 }
             }
             let mut body = vec![0; len];
@@ -388,63 +380,28 @@ fn webhook_receives_events_and_a_dead_one_delays_nothing() {
             let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
         }
     });
-    let gw = Gw::with(Opts {
-        extra: String::new(),
+    (addr, rx)
+}
+
+#[test]
+fn webhook_receives_events_and_a_dead_one_delays_nothing() {
+    let (addr, rx) = webhook_receiver();
+    let mut gw = Gw::with(Opts {
+        extra: format!("[log]\nwebhook_url = \"http://{addr}/hook\"\n"),
         ..Opts::default()
     });
-    drop(gw);
-    let gw = Gw::with(Opts {
-        extra: String::new(),
-        server: String::new(),
-        ..Opts::default()
-    });
-    let _ = gw;
-    // Configure the webhook through [log]: the harness already writes a
-    // [log] section, so build this gateway's config by hand.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.toml"), DEFAULT_POLICY).unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n[upstream]\nurl = \"http://{}\"\n[log]\nwebhook_url = \"http://{addr}/hook\"\n",
-            echo()
-        ),
-    )
-    .unwrap();
-    let (code, _, err) = cli_with(&cfg, &["user", "add", "ida", "--password-stdin"], Some(PW));
-    assert_eq!(code, 0, "{err}");
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{port}/.portcullis/health"))
-        .send()
-        .is_err()
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
+    gw.add_user("ida", PW, &[], false);
+    assert_eq!(gw.post_login("ida", PW).status(), 200);
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("webhook got nothing");
+        events.push(serde_json::from_str::<serde_json::Value>(&got).unwrap());
     }
-    let r = client
-        .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
-        .json(&serde_json::json!({"username":"ida","password":PW}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let got = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("webhook got nothing");
-    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
-    assert_eq!(v["event"], "user_logged_in");
-    assert_eq!(v["user"], "ida");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(events[0]["event"], "user_created", "{events:?}");
+    assert_eq!(events[1]["event"], "user_logged_in", "{events:?}");
+    assert_eq!(events[1]["user"], "ida");
 
     // A webhook that never answers does not slow logins down.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -455,39 +412,20 @@ fn webhook_receives_events_and_a_dead_one_delays_nothing() {
             held.push(s);
         }
     });
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let text = std::fs::read_to_string(&gw.config).unwrap().replace(
         &format!("http://{addr}/hook"),
         &format!("http://{hole}/hook"),
     );
-    std::fs::write(&cfg, text).unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while client
-        .get(format!("http://127.0.0.1:{port}/.portcullis/health"))
-        .send()
-        .is_err()
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    std::fs::write(&gw.config, text).unwrap();
+    gw.restart();
     for _ in 0..5 {
         let start = Instant::now();
-        let r = client
-            .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
-            .json(&serde_json::json!({"username":"ida","password":PW}))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(gw.post_login("ida", PW).status(), 200);
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "login waited for the webhook"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn django_hash(password: &str) -> String {

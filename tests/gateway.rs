@@ -223,19 +223,8 @@ fn stolen_cookie_is_useless_after_logout() {
     let gw = Gw::start();
     gw.add_user("dave", PW, &[], false);
     let c = gw.login("dave", PW);
-    let r = gw
-        .client()
-        .post(gw.url("/.portcullis/login"))
-        .json(&serde_json::json!({"username":"dave","password":PW}))
-        .send()
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let r = gw.post_login("dave", PW);
+    let cookie = session_cookie(&r);
     let thief = reqwest::blocking::Client::new();
     assert_eq!(
         thief
@@ -304,13 +293,7 @@ fn revoked_cookie_is_dead_even_after_kill() {
         .json(&serde_json::json!({"username":"ivan","password":PW}))
         .send()
         .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&r);
     let out = c
         .post(gw.url("/.portcullis/logout"))
         .header("content-type", "application/json")
@@ -631,19 +614,8 @@ fn websocket_upgrades_pass_for_allowed_requests_only() {
         ..Opts::default()
     });
     gw.add_user("wes", PW, &[], false);
-    let r = gw
-        .client()
-        .post(gw.url("/.portcullis/login"))
-        .json(&serde_json::json!({"username":"wes","password":PW}))
-        .send()
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let r = gw.post_login("wes", PW);
+    let cookie = session_cookie(&r);
     let handshake = |cookie: &str| {
         format!(
             "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n",

@@ -46,69 +46,22 @@ fn metrics_list_the_series_and_count_logins() {
 
 #[test]
 fn json_logs_are_json_and_hold_no_secrets() {
-    let gw = Gw::with(Opts {
-        extra: String::new(),
+    let mut gw = Gw::with(Opts {
+        extra: "[log]\nformat = \"json\"\n".into(),
         ..Opts::default()
     });
-    drop(gw);
-    // [log] is written by the harness; make a config with format = "json".
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("portcullis.toml");
-    std::fs::write(dir.path().join("policy.toml"), DEFAULT_POLICY).unwrap();
-    std::fs::write(
-        &cfg,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n[upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\n", echo()),
-    )
-    .unwrap();
-    cli_with(&cfg, &["user", "add", "noah", "--password-stdin"], Some(PW));
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "debug")
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{port}/.portcullis/health"))
-        .send()
-        .is_err()
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let r = client
-        .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
-        .json(&serde_json::json!({"username":"noah","password":PW}))
-        .send()
-        .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    gw.add_user("noah", PW, &[], false);
+    let r = gw.post_login("noah", PW);
+    let cookie = session_cookie(&r);
+    let client = gw.client();
     client
-        .get(format!("http://127.0.0.1:{port}/x"))
+        .get(gw.url("/x"))
+        .header("cookie", &cookie)
         .send()
         .unwrap();
-    client
-        .post(format!("http://127.0.0.1:{port}/.portcullis/login"))
-        .json(&serde_json::json!({"username":"noah","password":"Wrong-Secret-Guess"}))
-        .send()
-        .unwrap();
+    gw.post_login("noah", "Wrong-Secret-Guess");
     let page = client
-        .get(format!("http://127.0.0.1:{port}/.portcullis/logout"))
+        .get(gw.url("/.portcullis/login"))
         .send()
         .unwrap()
         .text()
@@ -121,10 +74,8 @@ fn json_logs_are_json_and_hold_no_secrets() {
         .next()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_millis(300));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    gw.stop();
+    let text = gw.log();
     let mut n = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
@@ -134,7 +85,8 @@ fn json_logs_are_json_and_hold_no_secrets() {
     }
     assert!(n > 3, "{text}");
     assert!(text.contains("user_logged_in"));
-    for secret in [PW, "Wrong-Secret-Guess", cookie.as_str(), token.as_str()] {
+    let session_value = cookie.split('=').nth(1).unwrap();
+    for secret in [PW, "Wrong-Secret-Guess", session_value, token.as_str()] {
         assert!(
             !text.contains(secret),
             "a secret leaked into the log: {secret}"

@@ -601,13 +601,7 @@ fn planted_session_ids_are_never_adopted() {
         .json(&serde_json::json!({"username":"paul","password":PW}))
         .send()
         .unwrap();
-    let second = again.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let second = session_cookie(&again);
     assert_ne!(first, second);
     assert_eq!(
         reqwest::blocking::Client::new()

@@ -119,11 +119,12 @@ impl Gw {
                 .clone()
                 .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\n{}\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n{}\n\n[storage]\npath = \"data\"\n\n{}\n[log]\naudit_file = \"audit.jsonl\"\n\n{}\n",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public}\"\nthreads = 1\n{}\n{}\n\n[upstream]\nurl = \"{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n{}\n\n[storage]\npath = \"data\"\n\n{}\n{}\n\n{}\n",
                 if opts.server.contains("grace_period") { "" } else { "grace_period = 0" },
                 opts.server,
                 opts.upstream_opts,
                 if opts.extra.contains("[policy]") { "" } else { "[policy]\nfiles = [\"policy.toml\"]\n" },
+                if opts.extra.contains("[log]") { "" } else { "[log]\naudit_file = \"audit.jsonl\"\n" },
                 opts.extra
             );
             std::fs::write(&config, text).unwrap();
@@ -273,6 +274,15 @@ impl Gw {
             .unwrap()
     }
 
+    /// A JSON login from a fresh client; the raw answer.
+    pub fn post_login(&self, user: &str, password: &str) -> reqwest::blocking::Response {
+        self.client()
+            .post(self.url("/.portcullis/login"))
+            .json(&serde_json::json!({ "username": user, "password": password }))
+            .send()
+            .unwrap()
+    }
+
     /// Logs in over JSON; returns the client holding the session cookie.
     pub fn login(&self, user: &str, password: &str) -> reqwest::blocking::Client {
         let c = self.client();
@@ -371,4 +381,15 @@ pub fn status_of(raw: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// The `name=value` of the cookie a response sets.
+pub fn session_cookie(r: &reqwest::blocking::Response) -> String {
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
 }
