@@ -19,6 +19,11 @@
 //! when the harness breaks or a scenario gets a wrong answer (a wrong
 //! status, or an upstream that did not see the identity it should have).
 
+/// The same allocator as the `portcullis` binary, so the passthrough and the
+/// gateway are compared on their logic, not on their allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
