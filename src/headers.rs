@@ -3,6 +3,7 @@
 //! app or another gateway is removed first, in every spelling.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
@@ -71,7 +72,18 @@ pub struct IdentityHeaders {
     extra_owned: Vec<String>,
     drop_underscore: bool,
     trusted: Vec<ipnet::IpNet>,
+    /// Identity header values per user record (keyed by username; checked
+    /// against the record's `Arc`).
+    cache: IdentityCache,
 }
+
+type IdentityCache = parking_lot::RwLock<
+    std::collections::HashMap<String, (Arc<User>, Arc<[(HeaderName, HeaderValue)]>)>,
+>;
+
+/// Users whose identity headers are kept ready; past this the cache starts
+/// over (it refills on the next request of each user).
+const IDENTITY_CACHE_MAX: usize = 100_000;
 
 fn hn(s: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(s.as_bytes()).ok()
@@ -143,6 +155,7 @@ impl IdentityHeaders {
             extra_owned: all,
             drop_underscore,
             trusted,
+            cache: Default::default(),
         }
     }
 
@@ -191,32 +204,64 @@ impl IdentityHeaders {
         }
     }
 
-    /// Adds the signed-in user's identity.
-    pub fn inject(&self, req: &mut pingora::http::RequestHeader, user: &User) {
-        let set = |req: &mut pingora::http::RequestHeader, names: &[HeaderName], value: &str| {
+    /// The identity headers for one user record, built once.
+    fn values_for(&self, user: &User) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let mut set = |names: &[HeaderName], value: &str| {
             if value.is_empty() {
                 return;
             }
             if let Ok(v) = HeaderValue::from_str(value) {
                 for n in names {
-                    let _ = req.insert_header(n.clone(), v.clone());
+                    out.push((n.clone(), v.clone()));
                 }
             }
         };
-        set(req, &self.user, &user.username);
+        set(&self.user, &user.username);
         if let Some(e) = &user.email {
-            set(req, &self.email, e);
+            set(&self.email, e);
         }
         if !user.groups.is_empty() {
-            set(req, &self.groups, &user.groups.join(","));
+            set(&self.groups, &user.groups.join(","));
         }
-        let full = user.full_name();
-        let clean: String = full.chars().filter(|c| !c.is_control()).collect();
-        set(req, &self.name, &clean);
+        let clean: String = user
+            .full_name()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        set(&self.name, &clean);
         for (field, header) in &self.fields {
             if let Some(v) = user.fields.get(field) {
-                set(req, std::slice::from_ref(header), v);
+                set(std::slice::from_ref(header), v);
             }
+        }
+        out
+    }
+
+    /// Adds the signed-in user's identity. The header values are built once
+    /// per user record and reused; a changed record is a new `Arc`, so the
+    /// cache can never serve a stale identity.
+    pub fn inject(&self, req: &mut pingora::http::RequestHeader, user: &Arc<User>) {
+        let cached = self
+            .cache
+            .read()
+            .get(user.username.as_str())
+            .filter(|(u, _)| Arc::ptr_eq(u, user))
+            .map(|(_, v)| Arc::clone(v));
+        let values = match cached {
+            Some(v) => v,
+            None => {
+                let v: Arc<[(HeaderName, HeaderValue)]> = self.values_for(user).into();
+                let mut c = self.cache.write();
+                if c.len() >= IDENTITY_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert(user.username.clone(), (Arc::clone(user), Arc::clone(&v)));
+                v
+            }
+        };
+        for (n, v) in values.iter() {
+            let _ = req.insert_header(n.clone(), v.clone());
         }
     }
 
@@ -316,6 +361,23 @@ mod tests {
         ] {
             assert!(!h.is_owned(n), "{n}");
         }
+    }
+
+    #[test]
+    fn a_changed_user_record_is_never_served_from_the_cache() {
+        let h = ih();
+        let mut u = User::new("ann");
+        u.groups = vec!["staff".into()];
+        let first = Arc::new(u.clone());
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        h.inject(&mut req, &first);
+        assert_eq!(req.headers["x-forwarded-groups"], "staff");
+        u.groups = vec!["accounting".into()];
+        let second = Arc::new(u);
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        h.inject(&mut req, &second);
+        assert_eq!(req.headers["x-forwarded-groups"], "accounting");
+        assert_eq!(req.headers["x-forwarded-user"], "ann");
     }
 
     #[test]
