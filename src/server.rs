@@ -54,6 +54,19 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> {
+    // Pingora waits 30 s for a busy address before giving up; say so now.
+    for addr in cfg
+        .server
+        .listen
+        .iter()
+        .chain(cfg.metrics.as_ref().map(|m| &m.listen))
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            anyhow::bail!(
+                "cannot listen on {addr}: {e}; stop whatever is using it, or choose another address ([server] listen, or --listen for the demo)"
+            );
+        }
+    }
     let store = Store::open(&cfg.storage.path, cfg.storage.cache_bytes)
         .with_context(|| format!("cannot open the store at {}", cfg.storage.path.display()))?;
     let watch = cfg.policy.watch;

@@ -240,3 +240,28 @@ fn dockerfile_builds_a_small_non_root_image_with_a_health_check() {
     let (code, out, err) = cli_with(&cfg, &["check"], None);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn a_busy_port_is_a_clear_error_not_a_hang() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), DEFAULT_POLICY).unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"http://{}\"\n",
+            echo()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let (code, _, err) = cli_with(&cfg, &["serve"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
