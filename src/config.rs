@@ -394,7 +394,7 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source} (give another with --config FILE or PORTCULLIS_CONFIG; `portcullis demo` needs none)")]
     Read {
         path: PathBuf,
         source: std::io::Error,
