@@ -119,6 +119,9 @@ pub struct UpstreamConfig {
     pub sni: String,
     pub preserve_host: bool,
     pub verify_cert: bool,
+    /// PEM file of the CA(s) that sign the upstream's certificate, instead
+    /// of the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -257,6 +260,7 @@ struct RawUpstream {
     url: Option<Spanned<String>>,
     preserve_host: Option<bool>,
     verify_cert: Option<bool>,
+    ca_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<DurationValue>>,
     read_timeout: Option<Spanned<DurationValue>>,
 }
@@ -619,6 +623,15 @@ impl Config {
                         sni,
                         preserve_host: upstream.preserve_host.unwrap_or(true),
                         verify_cert: upstream.verify_cert.unwrap_or(true),
+                        ca_file: upstream.ca_file.as_ref().and_then(|f| {
+                            let path = rel(f.get_ref());
+                            if path.is_file() {
+                                Some(path)
+                            } else {
+                                report.push(src.error(span(f), format!("ca_file {:?} does not exist or is not a file", path.display().to_string())));
+                                None
+                            }
+                        }),
                         connect_timeout: upstream.connect_timeout.map(|d| d.into_inner().0).unwrap_or(Duration::from_secs(5)),
                         read_timeout: upstream.read_timeout.map(|d| d.into_inner().0).unwrap_or(Duration::from_secs(60)),
                     })

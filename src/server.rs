@@ -36,6 +36,7 @@ pub fn server_conf(cfg: &Config) -> anyhow::Result<ServerConf> {
         graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period.as_secs() + 5),
         pid_file: abs(&dir.join("portcullis.pid")),
         upgrade_sock: abs(&dir.join("upgrade.sock")),
+        ca_file: cfg.upstream.ca_file.as_deref().map(abs),
         ..ServerConf::default()
     };
     conf.validate()

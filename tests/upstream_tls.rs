@@ -12,36 +12,70 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A self-signed TLS server answering every request with the path it saw.
 fn tls_upstream(dir: &std::path::Path) -> std::net::SocketAddr {
+    // A private CA and a leaf certificate it signs (webpki refuses a CA
+    // certificate used as the server's own).
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is needed for this test (make test installs it)");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for this test (make test installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(dir.join("leaf.ext"), "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
         .unwrap()
         .map(|c| c.unwrap())
@@ -121,4 +155,15 @@ fn https_upstream_is_verified_unless_turned_off() {
     let r = lax.client().get(lax.url("/a/b?c=d")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().unwrap(), "tls upstream saw: GET /a/b?c=d HTTP/1.1");
+
+    // A private CA: trusted through ca_file, with certificate and name checks on.
+    let ca = Gw::with(Opts {
+        upstream: Some(format!("https://127.0.0.1:{}", up.port())),
+        upstream_opts: format!("ca_file = \"{}\"", dir.path().join("ca.pem").display()),
+        policy: "[[rule]]\npath = \"/**\"\nallow = \"anyone\"\n".into(),
+        ..Opts::default()
+    });
+    let r = ca.client().get(ca.url("/ok")).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", ca.log());
+    assert_eq!(r.text().unwrap(), "tls upstream saw: GET /ok HTTP/1.1");
 }
