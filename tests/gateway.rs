@@ -652,3 +652,26 @@ fn websocket_upgrades_pass_for_allowed_requests_only() {
     }
     assert_eq!(&echoed, b"ping-frame");
 }
+
+#[test]
+fn remember_me_makes_the_cookie_outlive_the_browser_session() {
+    let gw = Gw::with(Opts {
+        extra: "[session]\nabsolute_timeout = \"2h\"\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("rem", PW, &[], false);
+    let plain = gw.post_login("rem", PW);
+    let set = plain.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        !set.contains("Max-Age"),
+        "a browser-session cookie by default: {set}"
+    );
+    let r = gw
+        .client()
+        .post(gw.url("/.portcullis/login"))
+        .json(&serde_json::json!({"username":"rem","password":PW,"remember":true}))
+        .send()
+        .unwrap();
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("Max-Age=7200"), "{set}");
+}
