@@ -26,6 +26,11 @@ const OWNED_EXACT: &[&str] = &[
     "x-email",
     "x-groups",
     "x-preferred-username",
+    // Method overrides would let a request the policy judged as POST act
+    // as DELETE in apps that honour them (Rails, Laravel, Symfony, express).
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Name prefixes used by other gateways and apps for identity.

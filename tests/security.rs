@@ -723,3 +723,23 @@ fn gateway_pages_carry_security_headers() {
         "{set}"
     );
 }
+
+#[test]
+fn method_overrides_and_duplicate_hosts_cannot_confuse_the_app() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    let a = request(
+        gw.port,
+        "/public/x",
+        "X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\n",
+    );
+    assert_eq!(status_of(&a), 200, "{a}");
+    assert!(
+        !a.to_ascii_lowercase().contains("delete"),
+        "a method override reached the app:\n{a}"
+    );
+    let a = raw(gw.port, format!("GET /public/x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nHost: evil.example\r\nConnection: close\r\n\r\n", gw.port).as_bytes());
+    assert_eq!(status_of(&a), 400, "{a}");
+}

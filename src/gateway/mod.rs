@@ -317,6 +317,21 @@ impl ProxyHttp for Gateway {
                 .await?;
             return Ok(true);
         }
+        // Two Host headers let the gateway and the app disagree on the host.
+        if req
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            ctx.decision = "bad_request";
+            app.metrics.rejected.inc();
+            self.bad_request(session, "more than one Host header")
+                .await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         let target = match canonical::canonicalize(req.raw_path(), host) {
             Ok(t) => t,
