@@ -217,6 +217,11 @@ impl MethodSet {
         if bits == 0 {
             return Err("methods is empty; remove it to match every method".into());
         }
+        // Apps answer HEAD as a GET without the body, so a rule about GET
+        // must also cover HEAD, or HEAD would slip past it to a later rule.
+        if bits & 1 != 0 {
+            bits |= 1 << 1;
+        }
         Ok(MethodSet(bits))
     }
 
@@ -320,6 +325,15 @@ mod tests {
         assert!(e.matches("APP.example.com"));
         assert!(!e.matches("app.example.com.evil"));
         assert!(HostPattern::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn get_rules_cover_head() {
+        let m = MethodSet::parse(&["GET".to_string()]).unwrap();
+        assert!(m.contains(&http::Method::HEAD));
+        assert!(!m.contains(&http::Method::POST));
+        let m = MethodSet::parse(&["POST".to_string()]).unwrap();
+        assert!(!m.contains(&http::Method::HEAD));
     }
 
     #[test]
