@@ -43,6 +43,7 @@ const OWNED_PREFIXES: &[&str] = &[
     "impersonate-",  // Kubernetes
     "x-user",        // X-User, X-User-Id, X-Username, ...
     "x-portcullis-", // our own namespace
+    "x-original-",   // X-Original-URL/-URI/-Host/-Forwarded-For (IIS, ingress-nginx)
 ];
 
 /// Reads a header name the way lenient servers do: case-insensitive, with
