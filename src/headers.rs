@@ -351,6 +351,10 @@ mod tests {
             "x-token-subject",
             "X-Forwarded-For",
             "anything_with_underscore",
+            "X-HTTP-Method-Override",
+            "X-Http-Method",
+            "X-Method-Override",
+            "X-Original-Forwarded-For",
         ] {
             assert!(h.is_owned(n), "{n}");
         }
