@@ -491,17 +491,28 @@ pub fn send(storage: &Path, cmd: &Command) -> Result<Option<Value>, AdminError> 
     }
 }
 
-/// Serves the admin socket for a running gateway until the task is dropped.
-pub async fn serve(app: Arc<crate::app::App>) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let path = socket_path(&app.cfg.storage.path);
+/// Binds the admin socket. Done before the gateway starts serving, so by
+/// the time it answers requests, account commands reach it too.
+pub fn bind(storage: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let path = socket_path(storage);
     let _ = std::fs::remove_file(&path);
     // Created under a restrictive umask so there is no window in which
     // another local user could connect.
     let old = unsafe { libc::umask(0o177) };
-    let listener = tokio::net::UnixListener::bind(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path);
     unsafe { libc::umask(old) };
     let listener = listener?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves the admin socket for a running gateway until the task is dropped.
+pub async fn serve(
+    app: Arc<crate::app::App>,
+    listener: std::os::unix::net::UnixListener,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let app = Arc::clone(&app);

@@ -258,7 +258,21 @@ fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
     if let Some(v) = admin::send(&cfg.storage.path, &cmd)? {
         return Ok(v);
     }
-    let store = crate::store::Store::open(&cfg.storage.path, 16 << 20)?;
+    let store = match crate::store::Store::open(&cfg.storage.path, 16 << 20) {
+        Ok(s) => s,
+        Err(crate::store::StoreError::Locked { path }) => {
+            // A gateway holds the store but its admin socket is not there
+            // (yet): it may be starting or stopping, so wait a moment.
+            for _ in 0..30 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Some(v) = admin::send(&cfg.storage.path, &cmd)? {
+                    return Ok(v);
+                }
+            }
+            return Err(crate::store::StoreError::Locked { path }.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let accounts = crate::accounts::Accounts::new(Arc::new(store.clone()));
     let sessions = crate::session::Sessions::new(
         Arc::new(store.clone()),

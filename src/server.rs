@@ -94,10 +94,14 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
         proxy.add_tcp(&l.to_string());
     }
     server.add_service(proxy);
+    let admin = crate::admin::bind(&app.cfg.storage.path)
+        .map_err(|e| tracing::warn!(error = %e, "cannot create the admin socket; account commands need the gateway stopped"))
+        .ok();
     server.add_service(background_service(
         "housekeeping",
         Housekeeping {
             app: Arc::clone(&app),
+            admin: std::sync::Mutex::new(admin),
         },
     ));
     tracing::info!(
@@ -120,13 +124,29 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
 
 struct Housekeeping {
     app: Arc<App>,
+    admin: std::sync::Mutex<Option<std::os::unix::net::UnixListener>>,
 }
 
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let app = Arc::clone(&self.app);
-        let admin = tokio::spawn(crate::admin::serve(Arc::clone(&app)));
+        let listener = self.admin.lock().ok().and_then(|mut l| l.take());
+        let admin = tokio::spawn({
+            let app = Arc::clone(&app);
+            async move {
+                match listener {
+                    Some(l) => {
+                        if let Err(e) = crate::admin::serve(app, l).await {
+                            tracing::error!(error = %e, "admin socket failed");
+                        }
+                    }
+                    None => {
+                        tracing::warn!("no admin socket: account commands need the gateway stopped")
+                    }
+                }
+            }
+        });
         let metrics = app
             .cfg
             .metrics
