@@ -117,22 +117,6 @@ pub fn needs_upgrade(stored: &str) -> bool {
     }
 }
 
-/// The scheme name, as Django's admin shows it.
-pub fn algorithm_of(stored: &str) -> &'static str {
-    if stored.is_empty() {
-        return "unusable";
-    }
-    match PasswordHash::new(stored) {
-        Ok(h) => match h.algorithm.as_str() {
-            "argon2id" => "argon2id",
-            "argon2i" => "argon2i",
-            "argon2d" => "argon2d",
-            _ => "unknown",
-        },
-        Err(_) => "unknown",
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
     #[error("too many password checks are waiting; try again shortly")]
@@ -154,7 +138,6 @@ pub struct HashPool {
     queue: std::sync::mpsc::SyncSender<Job>,
     in_flight: AtomicUsize,
     limit: usize,
-    workers: usize,
     dummy: String,
 }
 
@@ -208,7 +191,6 @@ impl HashPool {
             queue: tx,
             in_flight: AtomicUsize::new(0),
             limit: workers + queue,
-            workers,
             // Made once so unknown users cost the same as known ones.
             dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
         }
@@ -226,11 +208,6 @@ impl HashPool {
     /// Checks currently queued or running.
     pub fn depth(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Number of hashing threads.
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     async fn run<T: Send + 'static>(
@@ -291,7 +268,7 @@ mod tests {
         assert!(!verify_blocking("wrong", &h));
         assert!(!needs_upgrade(&h));
         assert!(!verify_blocking("x", "not a hash"));
-        assert_eq!(algorithm_of(&h), "argon2id");
+        assert_eq!(crate::legacy::algorithm_name(&h), "argon2id");
     }
 
     #[test]

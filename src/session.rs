@@ -437,21 +437,6 @@ impl Sessions {
         Ok(hs.len())
     }
 
-    /// Ends every session of a user except one. Blocking.
-    pub fn revoke_user_except(&self, user: &str, keep: &SessionHash) -> Result<usize> {
-        let mut n = 0;
-        for (h, _) in self.store.list(Some(user))? {
-            if &h != keep {
-                self.revoke(&h)?;
-                n += 1;
-            }
-        }
-        for shard in &self.shards {
-            shard.lock().retain(|k, l| l.user != user || k == keep);
-        }
-        Ok(n)
-    }
-
     /// Removes expired sessions from the store. Blocking.
     pub fn sweep(&self) -> Result<usize> {
         let now = unix_millis();

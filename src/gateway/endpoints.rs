@@ -201,14 +201,23 @@ impl Endpoint<'_> {
         &self.gw.app
     }
 
-    fn cookie(&self, name: &str, value: String, max_age: Option<time_secs::Secs>) -> String {
+    /// The session cookie for a new session: persistent (for the absolute
+    /// lifetime) when the user asked to be remembered, else for the browser
+    /// session only.
+    fn session_cookie(&self, id: &crate::session::SessionId, remember: bool) -> String {
+        let cfg = &self.app().cfg.session;
+        let max_age = remember.then_some(cfg.absolute_timeout.as_secs() as i64);
+        self.cookie(&cfg.cookie_name, id.to_cookie_value(), max_age)
+    }
+
+    fn cookie(&self, name: &str, value: String, max_age: Option<i64>) -> String {
         let mut c = Cookie::build((name.to_string(), value))
             .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
             .secure(self.app().cfg.server.secure);
         if let Some(s) = max_age {
-            c = c.max_age(cookie::time::Duration::seconds(s.0));
+            c = c.max_age(cookie::time::Duration::seconds(s));
         }
         c.build().to_string()
     }
@@ -484,9 +493,7 @@ impl Endpoint<'_> {
                 .with("user_agent", ua.as_str())
                 .with("session", short_tag(&live.hash)),
         );
-        let max_age =
-            remember.then(|| time_secs::Secs(app.cfg.session.absolute_timeout.as_secs() as i64));
-        let set = self.cookie(&app.cfg.session.cookie_name, id.to_cookie_value(), max_age);
+        let set = self.session_cookie(&id, remember);
         let fresh = app
             .accounts
             .get(&user.username)
@@ -663,9 +670,8 @@ impl Endpoint<'_> {
             Ok(h) => h,
             Err(_) => return Reply::error_json(503, "busy").header("retry-after", "1"),
         };
-        let (uname, old, ip, ua, remember) = (
+        let (uname, ip, ua, remember) = (
             user.username.clone(),
-            live.hash,
             client_ip(ctx),
             user_agent(session),
             live.remember,
@@ -676,9 +682,9 @@ impl Endpoint<'_> {
                     u.password = hash;
                     Ok(())
                 })?;
-                // ASVS 7.4.3: every other session ends; this one gets a new id.
+                // ASVS 7.4.3: every session ends, this one included; it
+                // continues under a new id.
                 app.sessions.revoke_user(&user_key(&uname))?;
-                let _ = old;
                 app.sessions.create(&user_key(&uname), &ip, &ua, remember)
             })
             .await;
@@ -695,10 +701,7 @@ impl Endpoint<'_> {
                 .with("ip", client_ip(ctx))
                 .with("session", short_tag(&live.hash)),
         );
-        let max_age = live
-            .remember
-            .then(|| time_secs::Secs(app.cfg.session.absolute_timeout.as_secs() as i64));
-        let set = self.cookie(&app.cfg.session.cookie_name, id.to_cookie_value(), max_age);
+        let set = self.session_cookie(&id, live.remember);
         let r = if json {
             Reply::json(200, &serde_json::json!({ "ok": true }))
         } else {
@@ -825,7 +828,7 @@ impl Endpoint<'_> {
                 .with("via", "registration")
                 .with("ip", client_ip(ctx)),
         );
-        let set = self.cookie(&app.cfg.session.cookie_name, id.to_cookie_value(), None);
+        let set = self.session_cookie(&id, false);
         let next = crate::redirect::safe_next(&next, &app.cfg.server.public_url);
         if json {
             Reply::json(201, &identity_json(self.gw, &user)).header(http::header::SET_COOKIE, set)
@@ -1042,11 +1045,6 @@ async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Reply> {
         }
     }
     Ok(buf.freeze())
-}
-
-mod time_secs {
-    /// Seconds for a cookie's Max-Age.
-    pub struct Secs(pub i64);
 }
 
 #[cfg(test)]
