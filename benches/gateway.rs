@@ -295,11 +295,20 @@ impl PassthroughServer {
         dir: &Path,
         pin: Option<Vec<usize>>,
     ) -> anyhow::Result<PassthroughServer> {
+        Self::start_with(upstream, dir, pin, 1)
+    }
+
+    fn start_with(
+        upstream: SocketAddr,
+        dir: &Path,
+        pin: Option<Vec<usize>>,
+        threads: usize,
+    ) -> anyhow::Result<PassthroughServer> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         // As the gateway builds it in src/server.rs (threads = 1 there too).
         let conf = ServerConf {
-            threads: 1,
+            threads,
             work_stealing: true,
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(1),
@@ -1734,7 +1743,59 @@ fn rule_matching(fillers: usize, iters: u32) -> anyhow::Result<(usize, f64, f64)
     Ok((policy.rules.len(), worst_ns, first_ns))
 }
 
+/// `BENCH_SERVE=1`: start only the bench upstream and the plain Pingora
+/// passthrough in front of it, print their addresses and wait, so that an
+/// outside load generator (`wrk`) can compare them with the gateway (pointed
+/// at the same upstream) or with nginx. `BENCH_SERVE_THREADS` sets the
+/// passthrough's worker threads (default 1, as in the bench).
+/// `BENCH_SEED=DIR:N` first writes N sessions of user `alice` into the
+/// (stopped) gateway store at DIR and their cookie values to
+/// DIR/cookies.txt, one per line, for the cold-path comparison.
+fn serve_only() -> ! {
+    let threads = std::env::var("BENCH_SERVE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let result = (|| -> anyhow::Result<()> {
+        if let Some(seed) = std::env::var_os("BENCH_SEED") {
+            let seed = seed.to_string_lossy().into_owned();
+            let (data, n) = seed
+                .rsplit_once(':')
+                .and_then(|(d, n)| Some((PathBuf::from(d), n.parse::<usize>().ok()?)))
+                .context("BENCH_SEED must be DIR:N")?;
+            let (cookies, _) = seed_sessions(&data, n)?;
+            std::fs::write(data.join("cookies.txt"), cookies.join("\n") + "\n")?;
+            println!("seeded {n} sessions into {}", data.display());
+        }
+        let dir = tempfile::tempdir()?;
+        // As in the bench: the upstream on the load CPUs, the passthrough on
+        // the first one (BENCH_NO_PIN=1 leaves both to the scheduler).
+        let cpus = cpu_plan();
+        if let Some(c) = &cpus {
+            set_affinity(0, &c.load)?;
+        }
+        let upstream = spawn_upstream()?;
+        let pt = PassthroughServer::start_with(upstream, dir.path(), cpus.map(|c| c.sut), threads)?;
+        println!("upstream    http://{upstream}/");
+        println!(
+            "passthrough http://{}/  ({threads} worker thread(s))",
+            pt.addr
+        );
+        println!("point the gateway at the upstream; Ctrl-C stops");
+        loop {
+            std::thread::park();
+        }
+    })();
+    if let Err(e) = result {
+        eprintln!("cannot serve: {e:#}");
+    }
+    std::process::exit(1)
+}
+
 fn main() {
+    if std::env::var_os("BENCH_SERVE").is_some_and(|v| !v.is_empty() && v != "0") {
+        serve_only();
+    }
     let smoke = std::env::var_os("BENCH_SMOKE").is_some_and(|v| !v.is_empty() && v != "0");
     let plan = Plan::new(smoke);
     let _ = cores();

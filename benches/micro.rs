@@ -91,6 +91,44 @@ fn session_lookup(c: &mut Criterion) {
     });
 }
 
+/// The store path: a session picked at random from many more than the
+/// cache holds, so nearly every lookup reads sled and evicts an entry.
+fn session_lookup_cold(c: &mut Criterion) {
+    const SESSIONS: usize = 50_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = portcullis::store::Store::open(dir.path(), 32 << 20).expect("store");
+    let sessions = portcullis::session::Sessions::new(
+        Arc::new(store),
+        Duration::from_secs(1800),
+        Duration::from_secs(43200),
+        1_000,
+    );
+    let hashes: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let (id, _) = sessions
+                .create(
+                    "alice",
+                    "127.0.0.1",
+                    "Mozilla/5.0 (X11; Linux x86_64)",
+                    false,
+                )
+                .expect("session");
+            id.hash()
+        })
+        .collect();
+    // A cheap deterministic shuffle (no rand in the hot loop).
+    let mut i: usize = 0;
+    c.bench_function("session/lookup_cold_50k_cache_1k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % SESSIONS;
+            matches!(
+                sessions.lookup(black_box(&hashes[i])),
+                Ok(portcullis::session::Lookup::Valid(_))
+            )
+        })
+    });
+}
+
 fn headers(c: &mut Criterion) {
     let cfg = portcullis::config::HeadersConfig {
         preset: portcullis::config::HeaderPreset::Portcullis,
@@ -133,6 +171,7 @@ criterion_group!(
     rule_matching,
     canonicalisation,
     session_lookup,
+    session_lookup_cold,
     headers
 );
 criterion_main!(benches);

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::accounts::User;
@@ -80,9 +81,25 @@ pub struct IdentityHeaders {
     cache: IdentityCache,
 }
 
-type IdentityCache = parking_lot::RwLock<
-    std::collections::HashMap<String, (Arc<User>, Arc<[(HeaderName, HeaderValue)]>)>,
->;
+/// A header ready to insert: the name as written on the wire, and the value.
+/// Pingora keeps a case-preserving copy of every name; handing it the
+/// spelling as `Bytes` skips a per-request allocation and lookup.
+type Prepared = (Bytes, HeaderValue);
+
+type IdentityCache =
+    parking_lot::RwLock<std::collections::HashMap<String, (Arc<User>, Arc<[Prepared]>)>>;
+
+/// The conventional spelling of a header name on the wire
+/// (`x-forwarded-user` -> `X-Forwarded-User`).
+pub fn wire_name(name: &HeaderName) -> Bytes {
+    let mut out = Vec::with_capacity(name.as_str().len());
+    let mut up = true;
+    for b in name.as_str().bytes() {
+        out.push(if up { b.to_ascii_uppercase() } else { b });
+        up = b == b'-';
+    }
+    Bytes::from(out)
+}
 
 /// Users whose identity headers are kept ready; past this the cache starts
 /// over (it refills on the next request of each user).
@@ -208,7 +225,7 @@ impl IdentityHeaders {
     }
 
     /// The identity headers for one user record, built once.
-    fn values_for(&self, user: &User) -> Vec<(HeaderName, HeaderValue)> {
+    fn values_for(&self, user: &User) -> Vec<Prepared> {
         let mut out = Vec::new();
         let mut set = |names: &[HeaderName], value: &str| {
             if value.is_empty() {
@@ -216,7 +233,7 @@ impl IdentityHeaders {
             }
             if let Ok(v) = HeaderValue::from_str(value) {
                 for n in names {
-                    out.push((n.clone(), v.clone()));
+                    out.push((wire_name(n), v.clone()));
                 }
             }
         };
@@ -254,7 +271,7 @@ impl IdentityHeaders {
         let values = match cached {
             Some(v) => v,
             None => {
-                let v: Arc<[(HeaderName, HeaderValue)]> = self.values_for(user).into();
+                let v: Arc<[Prepared]> = self.values_for(user).into();
                 let mut c = self.cache.write();
                 if c.len() >= IDENTITY_CACHE_MAX {
                     c.clear();

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -29,17 +31,26 @@ use crate::policy::{Outcome, Policy, Request, Subject};
 use crate::session::{Live, Lookup, SessionId};
 use reply::{send, Reply};
 
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+// Names as `Bytes` in wire spelling: Pingora then neither allocates nor
+// looks up a case-preserving copy per request (see `headers::wire_name`).
+const X_FORWARDED_FOR: Bytes = Bytes::from_static(b"X-Forwarded-For");
+const X_FORWARDED_PROTO: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
+const X_FORWARDED_HOST: Bytes = Bytes::from_static(b"X-Forwarded-Host");
+const HOST: Bytes = Bytes::from_static(b"Host");
 
 pub struct Gateway {
     pub app: Arc<App>,
+    /// `X-Forwarded-Proto`, from the public URL.
+    forwarded_proto: HeaderValue,
+    /// The `Host` sent upstream, unless the client's is preserved.
+    upstream_host: Option<HeaderValue>,
 }
 
 /// Per-request state, carried from filter to filter.
 pub struct Ctx {
-    started: Instant,
+    /// When the request began; read only by the access log, so taken only
+    /// when that is on (a clock read costs on every request).
+    started: Option<Instant>,
     target: Option<Target>,
     user: Option<Arc<User>>,
     session: Option<Arc<Live>>,
@@ -64,7 +75,23 @@ pub enum AuthError {
 
 impl Gateway {
     pub fn new(app: Arc<App>) -> Self {
-        Gateway { app }
+        let forwarded_proto = if app.cfg.server.public_url.scheme() == "https" {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        };
+        let up = &app.cfg.upstream;
+        let upstream_host = (!up.preserve_host)
+            .then(|| match up.url.port() {
+                Some(p) => format!("{}:{p}", up.sni),
+                None => up.sni.clone(),
+            })
+            .and_then(|h| HeaderValue::try_from(h).ok());
+        Gateway {
+            app,
+            forwarded_proto,
+            upstream_host,
+        }
     }
 
     /// Session cookie -> live session -> current user record. A malformed,
@@ -263,7 +290,8 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            started: Instant::now(),
+            started: tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+                .then(Instant::now),
             target: None,
             user: None,
             session: None,
@@ -504,7 +532,7 @@ impl ProxyHttp for Gateway {
         if let Some(ip) = ctx.client_ip {
             upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO, app.cfg.server.public_url.scheme())?;
+        upstream.insert_header(X_FORWARDED_PROTO, self.forwarded_proto.clone())?;
         if let Some(h) = session
             .req_header()
             .headers
@@ -513,12 +541,8 @@ impl ProxyHttp for Gateway {
         {
             upstream.insert_header(X_FORWARDED_HOST, h)?;
         }
-        if !app.cfg.upstream.preserve_host {
-            let host = match app.cfg.upstream.url.port() {
-                Some(p) => format!("{}:{p}", app.cfg.upstream.sni),
-                None => app.cfg.upstream.sni.clone(),
-            };
-            upstream.insert_header(http::header::HOST, host)?;
+        if let Some(h) = &self.upstream_host {
+            upstream.insert_header(HOST, h.clone())?;
         }
         Ok(())
     }
@@ -612,7 +636,7 @@ impl ProxyHttp for Gateway {
                 user = ctx.user.as_ref().map(|u| u.username.as_str()).unwrap_or("-"),
                 decision = ctx.decision,
                 rule = rule.as_deref().unwrap_or("-"),
-                latency_us = ctx.started.elapsed().as_micros() as u64,
+                latency_us = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
                 client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 error = e.map(|e| e.to_string()),
             );
