@@ -219,6 +219,7 @@ fn init_logging(format: config::LogFormat) -> tracing_appender::non_blocking::Wo
         64 * 1024,
         std::io::stderr(),
     ));
+    crate::access::init(writer.clone(), format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

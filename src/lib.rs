@@ -3,6 +3,7 @@
 //! Start with `docs/ARCHITECTURE.md` for the module map and one request's
 //! path through them. The hot path is in [`gateway`].
 
+pub mod access;
 pub mod accounts;
 pub mod admin;
 pub mod app;

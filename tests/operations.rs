@@ -85,6 +85,21 @@ fn json_logs_are_json_and_hold_no_secrets() {
     }
     assert!(n > 3, "{text}");
     assert!(text.contains("user_logged_in"));
+    let access: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
+    assert!(
+        access.iter().any(|v| v["path"] == "/x"
+            && v["user"] == "noah"
+            && v["status"] == 200
+            && v["decision"] == "allowed"
+            && v["method"] == "GET"
+            && v["client_ip"] == "127.0.0.1"
+            && v["latency_us"].is_u64()),
+        "no access line for GET /x: {access:?}"
+    );
     let session_value = cookie.split('=').nth(1).unwrap();
     for secret in [PW, "Wrong-Secret-Guess", session_value, token.as_str()] {
         assert!(
@@ -92,6 +107,50 @@ fn json_logs_are_json_and_hold_no_secrets() {
             "a secret leaked into the log: {secret}"
         );
     }
+}
+
+#[test]
+fn access_lines_name_the_request_and_cannot_be_forged() {
+    let mut gw = Gw::with(Opts {
+        policy: "[[rule]]\nname = \"everything\"\npath = \"/**\"\nallow = \"authenticated\"\n"
+            .into(),
+        ..Opts::default()
+    });
+    gw.add_user("olga", PW, &[], false);
+    let c = gw.login("olga", PW);
+    assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
+    // A quote in the path must not end the field early, nor start a fake
+    // `user=` field.
+    let hostile = "/x%22%20user=%22root";
+    assert_eq!(c.get(gw.url(hostile)).send().unwrap().status(), 200);
+    assert_eq!(gw.client().get(gw.url("/y")).send().unwrap().status(), 401);
+    gw.stop();
+    let log = gw.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" portcullis::access: "))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains(
+            r#"method=GET path="/x" status=200 user="olga" decision="allowed" rule="everything""#
+        )),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#"path="/y" status=401 user="-" decision="login_required""#)),
+        "{log}"
+    );
+    let forged: Vec<_> = lines.iter().filter(|l| l.contains("root")).collect();
+    assert_eq!(forged.len(), 1, "{log}");
+    // The path is logged in its canonical form, where a quote stays
+    // percent-encoded.
+    assert!(
+        forged[0].contains(r#"path="/x%22%20user=%22root" status=200 user="olga""#),
+        "{}",
+        forged[0]
+    );
 }
 
 #[test]

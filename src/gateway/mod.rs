@@ -290,8 +290,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            started: tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
-                .then(Instant::now),
+            started: crate::access::enabled().then(Instant::now),
             target: None,
             user: None,
             session: None,
@@ -623,23 +622,22 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let app = &self.app;
         app.metrics.count_status(status);
-        if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+        if crate::access::enabled() {
             let rule = match (&ctx.policy, ctx.rule) {
-                (Some(p), Some(i)) => p.rules.get(i).map(|r| r.label()),
+                (Some(p), Some(i)) => p.rules.get(i),
                 _ => None,
             };
-            tracing::info!(
-                target: "portcullis::access",
-                method = %session.req_header().method,
-                path = ctx.target.as_ref().map(|t| t.path.as_str()).unwrap_or("-"),
+            crate::access::write(&crate::access::Entry {
+                method: session.req_header().method.as_str(),
+                path: ctx.target.as_ref().map(|t| t.path.as_str()).unwrap_or("-"),
                 status,
-                user = ctx.user.as_ref().map(|u| u.username.as_str()).unwrap_or("-"),
-                decision = ctx.decision,
-                rule = rule.as_deref().unwrap_or("-"),
-                latency_us = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
-                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-                error = e.map(|e| e.to_string()),
-            );
+                user: ctx.user.as_ref().map(|u| u.username.as_str()),
+                decision: ctx.decision,
+                rule,
+                latency_us: ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
+                client_ip: ctx.client_ip,
+                error: e.map(|e| e as &dyn std::fmt::Display),
+            });
         }
     }
 }

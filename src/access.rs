@@ -1,0 +1,310 @@
+//! The access log: one line per request, in the same text or JSON shape as
+//! every other log line, on the same background writer.
+//!
+//! It is written here rather than through `tracing`'s formatter because
+//! it runs on every request: the generic formatter (field visitors, `Debug`
+//! quoting char by char, a fresh timestamp rendering) cost about 6 % of the
+//! proxy's throughput; this one writes straight into a reused buffer and
+//! renders the date part of the timestamp once a second. `RUST_LOG` still
+//! decides whether lines are written (`portcullis::access` at `info`).
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing_appender::non_blocking::NonBlocking;
+
+use crate::config::LogFormat;
+use crate::policy::Rule;
+
+pub const TARGET: &str = "portcullis::access";
+
+struct Sink {
+    writer: NonBlocking,
+    format: LogFormat,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends access lines to `writer` (the process's log writer). Until this is
+/// called, and whenever `RUST_LOG` filters the target out, nothing is
+/// written.
+pub fn init(writer: NonBlocking, format: LogFormat) {
+    let _ = SINK.set(Sink { writer, format });
+}
+
+/// Whether a line would be written; callers skip gathering its fields (and
+/// reading the clock) otherwise.
+pub fn enabled() -> bool {
+    SINK.get().is_some() && tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
+/// One request, as the access log records it.
+pub struct Entry<'a> {
+    pub method: &'a str,
+    /// The canonical path (`-` when the target could not be read).
+    pub path: &'a str,
+    pub status: u16,
+    pub user: Option<&'a str>,
+    pub decision: &'static str,
+    pub rule: Option<&'a Rule>,
+    pub latency_us: u64,
+    pub client_ip: Option<IpAddr>,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+thread_local! {
+    static LINE: RefCell<Line> = RefCell::new(Line::default());
+}
+
+#[derive(Default)]
+struct Line {
+    buf: String,
+    /// The rendered `YYYY-MM-DDTHH:MM:SS` of `second`.
+    date: String,
+    second: u64,
+}
+
+pub fn write(e: &Entry<'_>) {
+    let Some(sink) = SINK.get() else { return };
+    LINE.with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else {
+            return;
+        };
+        let line = &mut *line;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if line.date.is_empty() || line.second != now.as_secs() {
+            line.second = now.as_secs();
+            line.date = crate::clock::rfc3339(now.as_secs());
+            // rfc3339 ends in 'Z'; the fraction goes before it.
+            line.date.pop();
+        }
+        line.buf.clear();
+        render(
+            &mut line.buf,
+            sink.format,
+            &line.date,
+            now.subsec_micros(),
+            e,
+        );
+        // One message per line: the writer queues it whole (and drops it,
+        // counted, if the queue is full, rather than block the request).
+        let _ = sink.writer.clone().write_all(line.buf.as_bytes());
+    });
+}
+
+fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entry<'_>) {
+    match format {
+        LogFormat::Text => {
+            let _ = write!(
+                out,
+                "{date}.{micros:06}Z  INFO {TARGET}: method={}",
+                e.method
+            );
+            out.push_str(" path=");
+            quoted(out, e.path);
+            let _ = write!(out, " status={} user=", e.status);
+            quoted(out, e.user.unwrap_or("-"));
+            out.push_str(" decision=");
+            quoted(out, e.decision);
+            out.push_str(" rule=");
+            match e.rule {
+                Some(r) => {
+                    out.push('"');
+                    label(out, r, escape_debug);
+                    out.push('"');
+                }
+                None => out.push_str("\"-\""),
+            }
+            let _ = write!(out, " latency_us={}", e.latency_us);
+            out.push_str(" client_ip=");
+            if let Some(ip) = e.client_ip {
+                let _ = write!(out, "{ip}");
+            }
+            if let Some(err) = e.error {
+                out.push_str(" error=");
+                quoted(out, &err.to_string());
+            }
+        }
+        LogFormat::Json => {
+            let _ = write!(
+                out,
+                "{{\"timestamp\":\"{date}.{micros:06}Z\",\"level\":\"INFO\",\"method\":"
+            );
+            json_str(out, e.method);
+            out.push_str(",\"path\":");
+            json_str(out, e.path);
+            let _ = write!(out, ",\"status\":{},\"user\":", e.status);
+            json_str(out, e.user.unwrap_or("-"));
+            out.push_str(",\"decision\":");
+            json_str(out, e.decision);
+            out.push_str(",\"rule\":");
+            match e.rule {
+                Some(r) => {
+                    out.push('"');
+                    label(out, r, escape_json);
+                    out.push('"');
+                }
+                None => out.push_str("\"-\""),
+            }
+            let _ = write!(out, ",\"latency_us\":{},\"client_ip\":", e.latency_us);
+            match e.client_ip {
+                Some(ip) => {
+                    let _ = write!(out, "\"{ip}\"");
+                }
+                None => out.push_str("\"\""),
+            }
+            if let Some(err) = e.error {
+                out.push_str(",\"error\":");
+                json_str(out, &err.to_string());
+            }
+            let _ = write!(out, ",\"target\":\"{TARGET}\"}}");
+        }
+    }
+    out.push('\n');
+}
+
+/// The rule's name, or `file:line` where it was written.
+fn label(out: &mut String, r: &Rule, escape: fn(&mut String, &str)) {
+    match &r.name {
+        Some(n) => escape(out, n),
+        None => {
+            let file = r
+                .origin
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default();
+            escape(out, &file);
+            let _ = write!(out, ":{}", r.origin.line);
+        }
+    }
+}
+
+/// A string as `tracing`'s text format shows it: in quotes, with quotes,
+/// backslashes and control characters escaped, so a client cannot forge
+/// a line or a field.
+fn quoted(out: &mut String, s: &str) {
+    out.push('"');
+    escape_debug(out, s);
+    out.push('"');
+}
+
+fn escape_debug(out: &mut String, s: &str) {
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.extend(c.escape_debug()),
+            c => out.push(c),
+        }
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    escape_json(out, s);
+    out.push('"');
+}
+
+fn escape_json(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(path: &'a str, user: Option<&'a str>) -> Entry<'a> {
+        Entry {
+            method: "GET",
+            path,
+            status: 200,
+            user,
+            decision: "allowed",
+            rule: None,
+            latency_us: 42,
+            client_ip: Some("10.0.0.7".parse().unwrap()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn text_line_has_every_field() {
+        let mut s = String::new();
+        render(
+            &mut s,
+            LogFormat::Text,
+            "2026-11-27T15:12:32",
+            748734,
+            &entry("/x", Some("alice")),
+        );
+        assert_eq!(
+            s,
+            "2026-11-27T15:12:32.748734Z  INFO portcullis::access: method=GET path=\"/x\" \
+             status=200 user=\"alice\" decision=\"allowed\" rule=\"-\" latency_us=42 \
+             client_ip=10.0.0.7\n"
+        );
+    }
+
+    #[test]
+    fn a_path_cannot_forge_a_line_or_a_field() {
+        let evil = "/a\" user=\"root\n2026-01-01T00:00:00Z  INFO forged\\";
+        let mut s = String::new();
+        render(
+            &mut s,
+            LogFormat::Text,
+            "2026-11-27T15:12:32",
+            1,
+            &entry(evil, None),
+        );
+        assert_eq!(s.matches('\n').count(), 1, "{s}");
+        assert!(s.contains(r#"path="/a\" user=\"root\n2026"#), "{s}");
+        assert!(s.contains(r#"forged\\""#), "{s}");
+        assert!(s.contains(" user=\"-\""), "{s}");
+    }
+
+    #[test]
+    fn json_line_parses_back() {
+        let evil = "/caf\u{e9}\"\n\u{1}";
+        let mut s = String::new();
+        let err = "upstream refused";
+        let mut e = entry(evil, Some("bob"));
+        e.error = Some(&err);
+        e.client_ip = None;
+        render(&mut s, LogFormat::Json, "2026-11-27T15:12:32", 5, &e);
+        assert!(s.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["path"], evil);
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["latency_us"], 42);
+        assert_eq!(v["error"], err);
+        assert_eq!(v["target"], TARGET);
+        assert_eq!(v["timestamp"], "2026-11-27T15:12:32.000005Z");
+    }
+}
