@@ -158,7 +158,9 @@ fn headers(c: &mut Criterion) {
     }
     // The clone alone: Pingora makes it for every forwarded request, so it
     // is the baseline the two below add to.
-    c.bench_function("headers/clone_only", |b| b.iter(|| black_box(&base).clone()));
+    c.bench_function("headers/clone_only", |b| {
+        b.iter(|| black_box(&base).clone())
+    });
     c.bench_function("headers/strip", |b| {
         b.iter(|| {
             let mut req = base.clone();

@@ -7,13 +7,23 @@
 //! proxy's throughput; this one writes straight into a reused buffer and
 //! renders the date part of the timestamp once a second. `RUST_LOG` still
 //! decides whether lines are written (`portcullis::access` at `info`).
+//!
+//! Lines are batched: requests append to a shared buffer, and the
+//! `access-log` thread hands it to the log writer every
+//! [`FLUSH_EVERY`] (sooner once [`FLUSH_AT`] bytes are waiting). Queuing
+//! each line on its own woke the writer thread for nearly every request,
+//! which cost more than formatting the line. The price is that access lines
+//! reach the log up to [`FLUSH_EVERY`] later than other lines.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
 
 use tracing_appender::non_blocking::NonBlocking;
 
@@ -22,18 +32,76 @@ use crate::policy::Rule;
 
 pub const TARGET: &str = "portcullis::access";
 
+/// How long a line may wait in the batch.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A batch this large is handed over without waiting.
+pub const FLUSH_AT: usize = 64 * 1024;
+/// Past this much waiting (the writer is stuck), lines are dropped and
+/// counted rather than held in memory or slowing requests.
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+
 struct Sink {
-    writer: NonBlocking,
     format: LogFormat,
+    pending: Mutex<Vec<u8>>,
+    full: Condvar,
+    writer: Mutex<NonBlocking>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Sends access lines to `writer` (the process's log writer). Until this is
 /// called, and whenever `RUST_LOG` filters the target out, nothing is
-/// written.
+/// written. Call [`flush`] before the writer's guard is dropped.
 pub fn init(writer: NonBlocking, format: LogFormat) {
-    let _ = SINK.set(Sink { writer, format });
+    let sink = Sink {
+        format,
+        pending: Mutex::new(Vec::with_capacity(FLUSH_AT)),
+        full: Condvar::new(),
+        writer: Mutex::new(writer),
+    };
+    if SINK.set(sink).is_err() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(|| {
+            let Some(sink) = SINK.get() else { return };
+            loop {
+                let batch = {
+                    let mut p = sink.pending.lock();
+                    if p.len() < FLUSH_AT {
+                        sink.full.wait_for(&mut p, FLUSH_EVERY);
+                    }
+                    std::mem::replace(&mut *p, Vec::with_capacity(FLUSH_AT))
+                };
+                hand_over(sink, &batch);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the access log thread; access lines are written at exit only");
+    }
+}
+
+fn hand_over(sink: &Sink, batch: &[u8]) {
+    if !batch.is_empty() {
+        // One message per batch, whole lines only, so they never interleave
+        // with other log lines mid-line.
+        let _ = sink.writer.lock().write_all(batch);
+    }
+}
+
+/// Hands every waiting line to the log writer (at shutdown).
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        let batch = std::mem::take(&mut *sink.pending.lock());
+        hand_over(sink, &batch);
+    }
+}
+
+/// Access lines dropped because the log writer fell far behind.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
 }
 
 /// Whether a line would be written; callers skip gathering its fields (and
@@ -92,9 +160,16 @@ pub fn write(e: &Entry<'_>) {
             now.subsec_micros(),
             e,
         );
-        // One message per line: the writer queues it whole (and drops it,
-        // counted, if the queue is full, rather than block the request).
-        let _ = sink.writer.clone().write_all(line.buf.as_bytes());
+        let mut p = sink.pending.lock();
+        if p.len() + line.buf.len() > MAX_PENDING {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let was = p.len();
+        p.extend_from_slice(line.buf.as_bytes());
+        if was < FLUSH_AT && p.len() >= FLUSH_AT {
+            sink.full.notify_one();
+        }
     });
 }
 

@@ -327,12 +327,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve => {
             let cfg = load_config(flag)?;
             let _log = init_logging(cfg.log.format);
-            crate::server::serve(cfg)?;
+            let served = crate::server::serve(cfg);
+            crate::access::flush();
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { listen, data } => {
             let _log = init_logging(config::LogFormat::Text);
-            crate::demo::run(listen, &data)?;
+            let ran = crate::demo::run(listen, &data);
+            crate::access::flush();
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { strict } => Ok(check(flag, json, strict)),

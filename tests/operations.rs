@@ -154,6 +154,39 @@ fn access_lines_name_the_request_and_cannot_be_forged() {
 }
 
 #[test]
+fn a_client_hanging_up_is_an_access_line_not_an_error() {
+    // An upstream that never answers, so the client gives up first.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let mut gw = Gw::with(Opts {
+        upstream: Some(format!("http://{silent_addr}")),
+        ..Opts::default()
+    });
+    {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        c.write_all(b"GET /public/gone HTTP/1.1\r\nHost: app.example\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    } // the client closes here
+    std::thread::sleep(Duration::from_millis(300));
+    gw.stop();
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("portcullis::access") && l.contains("path=\"/public/gone\"")),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
 fn sigterm_drains_and_exits_zero_promptly() {
     let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let slow_addr = slow.local_addr().unwrap();

@@ -615,6 +615,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client that hangs up mid-request is routine (a closed tab, a load
+    /// tester stopping), not an operator's error: its access line already
+    /// records the error, so Pingora's own ERROR line is skipped.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &pingora::Error) -> bool {
+        use pingora::ErrorType::*;
+        *e.esource() == pingora::ErrorSource::Downstream
+            && matches!(e.etype(), ConnectionClosed | ReadError | WriteError)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
