@@ -26,6 +26,7 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub upstream_errors: IntCounter,
     pub audit_dropped: IntGauge,
+    pub access_dropped: IntGauge,
     /// Status counters resolved once: common codes, then classes.
     by_code: Vec<(u16, IntCounter)>,
     by_class: [IntCounter; 6],
@@ -101,8 +102,14 @@ impl Metrics {
             "Audit events dropped because the writer fell behind",
         )
         .expect("static metric definition");
+        let access_dropped = IntGauge::new(
+            "portcullis_access_log_dropped_total",
+            "Access log lines dropped because the log writer fell behind",
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(access_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(status.clone()),
             Box::new(logins.clone()),
             Box::new(throttled.clone()),
@@ -151,6 +158,7 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
             audit_dropped,
+            access_dropped,
         }
     }
 

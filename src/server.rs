@@ -234,6 +234,7 @@ fn update_gauges(app: &App) {
         .set(app.policy.last_good.load(Ordering::Relaxed) as i64);
     m.audit_dropped
         .set(app.audit.dropped.load(Ordering::Relaxed) as i64);
+    m.access_dropped.set(crate::access::dropped() as i64);
 }
 
 async fn serve_metrics(app: Arc<App>, addr: std::net::SocketAddr) {

@@ -39,6 +39,8 @@ fn metrics_list_the_series_and_count_logins() {
         "portcullis_policy_last_good_timestamp_seconds",
         "portcullis_upstream_latency_seconds_bucket",
         "portcullis_responses_total{status=\"401\"}",
+        "portcullis_access_log_dropped_total 0",
+        "portcullis_audit_dropped_total 0",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
