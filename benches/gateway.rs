@@ -508,6 +508,9 @@ struct Gateway {
     port: u16,
     child: Option<Child>,
     pin: Option<Vec<usize>>,
+    /// `RUST_LOG` for the gateway: `warn` (no access lines, as the
+    /// passthrough logs nothing) except in the access-log scenario.
+    log_level: &'static str,
 }
 
 impl Gateway {
@@ -519,6 +522,7 @@ impl Gateway {
             port: 0,
             child: None,
             pin,
+            log_level: "warn",
         };
         g.write_config(upstream, 200_000)?;
         Ok(g)
@@ -585,12 +589,11 @@ impl Gateway {
                 .create(true)
                 .append(true)
                 .open(self.dir.join("gateway.log"))?;
-            // Access logging off (warn): the passthrough logs nothing either.
             let mut cmd = Command::new(BIN);
             cmd.arg("serve")
                 .arg("--config")
                 .arg(&self.config)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", self.log_level)
                 .stdout(Stdio::null())
                 .stderr(log);
             // It starts at nice 0, not at the load side's raised priority
@@ -2413,6 +2416,48 @@ async fn scenarios(
         "3_cold_sessions".into(),
         json!({ "sessions": cookies.len(), "cache_entries": 1000, "passthrough": st_ptc.json(), "gateway": st_gwc.json(), "slices_a_passthrough_b_gateway": slices }),
     );
+    // 2, again with the access log on, as it is by default: what the
+    // access lines cost. For information; the target is scenario 2's.
+    step("2. again with the access log on (the default), interleaved");
+    gw.log_level = "info";
+    gw.start(upstream, 200_000)?;
+    let ga = gw.addr();
+    let gw_logged = Load::new(
+        ga,
+        signed_in_reqs(ga, std::slice::from_ref(&alice), "alice"),
+        Pick::Cycle,
+    );
+    let pt_logged = Load::new(pt, via_passthrough(pt, &gw_logged.reqs, ga), Pick::Cycle);
+    let st = closed_loop(&gw_logged, plan.conns, plan.warmup).await?;
+    rep.strict("access-log warm-up", &st);
+    let mut slices = Vec::new();
+    let (st_ptl, st_gwl) =
+        interleaved(&pt_logged, &gw_logged, plan, plan.pairs_denied, &mut slices).await?;
+    rep.strict("passthrough (access-log twin)", &st_ptl);
+    rep.strict("gateway with access log", &st_gwl);
+    gw.stop();
+    gw.log_level = "warn";
+    let logged_lines = std::fs::read_to_string(gw.dir.join("gateway.log"))
+        .map(|t| t.matches(" portcullis::access: ").count())
+        .unwrap_or(0);
+    if (logged_lines as u64) < st_gwl.ok {
+        bail!(
+            "the access log holds {logged_lines} lines for {} answered requests",
+            st_gwl.ok
+        );
+    }
+    rep.fig(
+        "signed_in_access_log_ratio",
+        "2. signed-in with the access log on / passthrough",
+        st_gwl.rate() / st_ptl.rate(),
+        "",
+        None,
+    );
+    rep.scenarios.insert(
+        "2_signed_in_access_log".into(),
+        json!({ "passthrough": st_ptl.json(), "gateway": st_gwl.json(), "access_lines": logged_lines, "slices_a_passthrough_b_gateway": slices }),
+    );
+
     // Reorder so the table reads 1..8.
     let order = |k: &str| {
         k.split('.')
