@@ -22,11 +22,15 @@ deps:
 demo: deps
 	$(CARGO) run --release --locked -- demo
 
-## The whole test suite: lint, unit, integration and browser tests.
+## The whole test suite: lint, unit, integration and browser tests, then
+## a smoke run of both benchmarks (proves the harnesses work and every
+## answer is right; its figures mean nothing).
 test: deps browser-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	PORTCULLIS_REQUIRE_BROWSER=1 $(CARGO) test --locked --lib --bins --tests
+	BENCH_SMOKE=1 $(CARGO) bench --locked --bench gateway
+	$(CARGO) bench --locked --bench micro -- --test
 
 ## Headless Chromium and its WebDriver for the browser tests.
 browser-deps:
