@@ -67,15 +67,27 @@ pub fn init(writer: NonBlocking, format: LogFormat) {
         .name("access-log".into())
         .spawn(|| {
             let Some(sink) = SINK.get() else { return };
+            // Two buffers take turns, so steady traffic allocates nothing.
+            let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT);
             loop {
-                let batch = {
+                {
                     let mut p = sink.pending.lock();
+                    // Asleep while there is nothing to write; the first line
+                    // of a batch wakes this thread, then it gathers for a
+                    // while so that one hand-over carries many lines.
+                    while p.is_empty() {
+                        sink.full.wait(&mut p);
+                    }
                     if p.len() < FLUSH_AT {
                         sink.full.wait_for(&mut p, FLUSH_EVERY);
                     }
-                    std::mem::replace(&mut *p, Vec::with_capacity(FLUSH_AT))
-                };
-                hand_over(sink, &batch);
+                    std::mem::swap(&mut *p, &mut spare);
+                }
+                hand_over(sink, &spare);
+                spare.clear();
+                if spare.capacity() > 4 * FLUSH_AT {
+                    spare.shrink_to(FLUSH_AT);
+                }
             }
         });
     if let Err(e) = spawned {
@@ -167,7 +179,7 @@ pub fn write(e: &Entry<'_>) {
         }
         let was = p.len();
         p.extend_from_slice(line.buf.as_bytes());
-        if was < FLUSH_AT && p.len() >= FLUSH_AT {
+        if was == 0 || (was < FLUSH_AT && p.len() >= FLUSH_AT) {
             sink.full.notify_one();
         }
     });

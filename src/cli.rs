@@ -219,7 +219,7 @@ fn init_logging(format: config::LogFormat) -> tracing_appender::non_blocking::Wo
         64 * 1024,
         std::io::stderr(),
     ));
-    crate::access::init(writer.clone(), format);
+    let access_writer = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -228,6 +228,11 @@ fn init_logging(format: config::LogFormat) -> tracing_appender::non_blocking::Wo
         config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         config::LogFormat::Text => builder.try_init(),
     };
+    // After the subscriber is in place, so that `RUST_LOG` can switch the
+    // access log off entirely (no writer thread then).
+    if tracing::enabled!(target: crate::access::TARGET, tracing::Level::INFO) {
+        crate::access::init(access_writer, format);
+    }
     guard
 }
 
