@@ -177,9 +177,9 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Sweeps expired sessions, and writes back last-seen times, from a thread
-/// of its own at low priority: a sweep reads every session, and neither
-/// must compete with requests.
+/// Writes back last-seen times every second, and sweeps expired sessions
+/// every `sweep_interval`, from a thread of its own at low priority: a
+/// sweep reads every session, and neither must compete with requests.
 fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -197,18 +197,28 @@ fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
                 libc::setpriority(libc::PRIO_PROCESS, tid, 10);
             }
             let step = Duration::from_millis(100);
-            let mut waited = Duration::ZERO;
+            let mut since_sweep = Duration::ZERO;
+            let mut since_write = Duration::ZERO;
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(step);
-                waited += step;
-                if waited < every {
-                    continue;
+                since_sweep += step;
+                since_write += step;
+                if since_write >= WRITE_BACK_EVERY {
+                    since_write = Duration::ZERO;
+                    match app.sessions.write_back() {
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "writing back session activity failed")
+                        }
+                    }
                 }
-                waited = Duration::ZERO;
-                match app.sessions.sweep() {
-                    Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions swept"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "session sweep failed"),
+                if since_sweep >= every {
+                    since_sweep = Duration::ZERO;
+                    match app.sessions.sweep() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "expired sessions swept"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "session sweep failed"),
+                    }
                 }
             }
         });
@@ -217,6 +227,10 @@ fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
     }
     stop
 }
+
+/// How often queued last-seen times reach the store. A crash loses at most
+/// this much activity (plus sled's own flush interval).
+const WRITE_BACK_EVERY: Duration = Duration::from_secs(1);
 
 fn update_gauges(app: &App) {
     let m = &app.metrics;

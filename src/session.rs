@@ -84,6 +84,15 @@ pub trait SessionStore: Send + Sync {
     /// Removes all of a user's sessions durably; returns their hashes.
     fn remove_user(&self, user: &str) -> Result<Vec<SessionHash>>;
     fn list(&self, user: Option<&str>) -> Result<Vec<(SessionHash, SessionRecord)>>;
+    /// Calls `f` with every session, one at a time, so that a sweep over a
+    /// large store never holds it all in memory. Records that cannot be
+    /// read are skipped (a lookup of one fails closed anyway).
+    fn for_each(&self, f: &mut dyn FnMut(&SessionHash, &SessionRecord)) -> Result<()> {
+        for (h, r) in self.list(None)? {
+            f(&h, &r);
+        }
+        Ok(())
+    }
     /// Removes sessions that have expired anyway (lookups refuse them), so
     /// without a flush per session. Returns how many were removed.
     fn remove_expired(&self, hs: &[SessionHash]) -> Result<usize> {
@@ -238,6 +247,27 @@ impl SessionStore for Store {
             }
         }
         Ok(out)
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&SessionHash, &SessionRecord)) -> Result<()> {
+        let mut unreadable = 0usize;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            let Ok(h) = SessionHash::try_from(k.as_ref()) else {
+                continue;
+            };
+            match decode(&v) {
+                Ok(r) => f(&h, &r),
+                Err(_) => unreadable += 1,
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "session records that cannot be read were skipped; their cookies are refused"
+            );
+        }
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -473,15 +503,15 @@ impl Sessions {
         let idle_ms = self.idle.as_millis() as u64;
         let mut n = 0;
         let mut expired = Vec::new();
-        for (h, rec) in self.store.list(None)? {
+        self.store.for_each(&mut |h, rec| {
             let gone = now >= rec.expires
                 || (now.saturating_sub(rec.last_seen) >= idle_ms
                     // The stored time says idle; the cache may know better.
-                    && self.shard(&h).lock().get(&h).is_none_or(|l| now.saturating_sub(l.last_seen()) >= idle_ms));
+                    && self.shard(h).lock().get(h).is_none_or(|l| now.saturating_sub(l.last_seen()) >= idle_ms));
             if gone {
-                expired.push(h);
+                expired.push(*h);
             }
-        }
+        })?;
         for h in &expired {
             self.evict(h);
         }
@@ -493,10 +523,22 @@ impl Sessions {
     /// thread). Returns how many were written.
     pub fn write_back(&self) -> Result<usize> {
         let pending = std::mem::take(&mut *self.dirty.lock());
+        // One failed write must not cost the others theirs: try them all and
+        // report the first error.
+        let mut first_err = None;
+        let mut written = 0;
         for (h, seen) in &pending {
-            self.store.touch(h, *seen)?;
+            match self.store.touch(h, *seen) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(pending.len())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
     }
 
     /// Writes back in-memory last-seen times (at shutdown).
@@ -600,6 +642,27 @@ mod tests {
         s.write_back().unwrap();
         assert!(SessionStore::get(&store, &id.hash()).unwrap().is_none());
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Missing));
+    }
+
+    #[test]
+    fn an_unreadable_record_does_not_stop_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        store
+            .sessions
+            .insert([7u8; 32], &b"\xffnot a record"[..])
+            .unwrap();
+        let s = Sessions::new(
+            Arc::new(store.clone()),
+            Duration::from_millis(50),
+            Duration::from_secs(600),
+            100,
+        );
+        s.create("amy", "", "", false).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(s.sweep().unwrap(), 1);
+        // The unreadable one is left alone; looking it up fails closed.
+        assert!(s.lookup(&[7u8; 32]).is_err());
     }
 
     #[test]

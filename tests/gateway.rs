@@ -347,6 +347,43 @@ fn idle_and_absolute_timeouts() {
 }
 
 #[test]
+fn an_active_session_survives_a_crash_past_its_idle_timeout() {
+    // Activity is kept in memory and written back in the background. A
+    // gateway killed without a clean shutdown must still know, after a
+    // restart, that the session was in use, and not end it as idle.
+    let mut gw = Gw::with(Opts {
+        extra: "[session]\nidle_timeout = \"6s\"\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("ivy", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("ivy", PW));
+    let client = gw.client();
+    let status = |gw: &Gw| {
+        client
+            .get(gw.url("/x"))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+            .status()
+    };
+    // In use for longer than the idle timeout.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(7500) {
+        assert_eq!(status(&gw), 200, "an active session stays alive");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Give the background writer a moment, then crash.
+    std::thread::sleep(Duration::from_millis(1200));
+    gw.kill();
+    assert!(gw.spawn(), "gateway did not restart:\n{}", gw.log());
+    assert_eq!(
+        status(&gw),
+        200,
+        "the session's activity was lost in the crash"
+    );
+}
+
+#[test]
 fn client_identity_headers_are_stripped_on_every_route() {
     let gw = Gw::start();
     gw.add_user("gina", PW, &[], false);
