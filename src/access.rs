@@ -256,21 +256,16 @@ fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entr
     out.push('\n');
 }
 
-/// The rule's name, or `file:line` where it was written.
+/// The rule's label (its name, or `file:line`), escaped as it is written.
 fn label(out: &mut String, r: &Rule, escape: fn(&mut String, &str)) {
-    match &r.name {
-        Some(n) => escape(out, n),
-        None => {
-            let file = r
-                .origin
-                .file
-                .file_name()
-                .map(|f| f.to_string_lossy())
-                .unwrap_or_default();
-            escape(out, &file);
-            let _ = write!(out, ":{}", r.origin.line);
+    struct Escaping<'a>(&'a mut String, fn(&mut String, &str));
+    impl std::fmt::Write for Escaping<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            (self.1)(self.0, s);
+            Ok(())
         }
     }
+    let _ = write!(Escaping(out, escape), "{}", r.label_display());
 }
 
 /// A string as `tracing`'s text format shows it: in quotes, with quotes,
@@ -356,6 +351,27 @@ mod tests {
              status=200 user=\"alice\" decision=\"allowed\" rule=\"-\" latency_us=42 \
              client_ip=10.0.0.7\n"
         );
+    }
+
+    #[test]
+    fn rules_are_named_by_name_or_by_file_and_line() {
+        let text = "[[rule]]\npath = \"/a/**\"\nallow = \"anyone\"\n\n[[rule]]\nname = \"say \\\"hi\\\"\"\npath = \"/**\"\nallow = \"anyone\"\n";
+        let (policy, _) =
+            crate::policy::load::compile(&[(std::path::Path::new("conf/p.toml"), text)], false)
+                .unwrap();
+        let mut s = String::new();
+        let mut e = entry("/a/b", None);
+        e.rule = policy.rules.first();
+        render(&mut s, LogFormat::Text, "2026-11-27T15:12:32", 1, &e);
+        assert!(s.contains(" rule=\"p.toml:1\" "), "{s}");
+        s.clear();
+        e.rule = policy.rules.get(1);
+        render(&mut s, LogFormat::Text, "2026-11-27T15:12:32", 1, &e);
+        assert!(s.contains(r#" rule="say \"hi\"" "#), "{s}");
+        s.clear();
+        render(&mut s, LogFormat::Json, "2026-11-27T15:12:32", 1, &e);
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["rule"], "say \"hi\"");
     }
 
     #[test]

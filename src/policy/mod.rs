@@ -76,18 +76,24 @@ pub struct Rule {
 impl Rule {
     /// The name for logs: the rule's own, or `file:line`.
     pub fn label(&self) -> String {
-        match &self.name {
-            Some(n) => n.clone(),
-            None => format!(
-                "{}:{}",
-                self.origin
-                    .file
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                self.origin.line
-            ),
+        self.label_display().to_string()
+    }
+
+    /// [`Rule::label`] without building a string (for the access log).
+    pub fn label_display(&self) -> impl std::fmt::Display + '_ {
+        struct Label<'a>(&'a Rule);
+        impl std::fmt::Display for Label<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match &self.0.name {
+                    Some(n) => f.write_str(n),
+                    None => {
+                        let file = self.0.origin.file.file_name().unwrap_or_default();
+                        write!(f, "{}:{}", file.to_string_lossy(), self.0.origin.line)
+                    }
+                }
+            }
         }
+        Label(self)
     }
 
     fn matches(&self, req: &Request<'_>, segs: &[&str]) -> bool {
