@@ -55,6 +55,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> {
+    raise_open_files_limit();
     // Pingora waits 30 s for a busy address before giving up; say so now.
     for addr in cfg
         .server
@@ -173,6 +174,37 @@ impl BackgroundService for Housekeeping {
         admin.abort();
         if let Some(m) = metrics {
             m.abort();
+        }
+    }
+}
+
+/// Every proxied request holds two descriptors (client and upstream), and
+/// the usual soft limit of 1024 would refuse connections at about 500
+/// concurrent clients. The hard limit is what the operator allows; use it.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill, and setrlimit
+    // only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!(
+                from = before,
+                to = lim.rlim_max,
+                "raised the open files limit"
+            );
+        } else {
+            tracing::warn!(
+                limit = before,
+                "cannot raise the open files limit; raise it (ulimit -n) for many concurrent clients"
+            );
         }
     }
 }

@@ -188,6 +188,49 @@ fn a_client_hanging_up_is_an_access_line_not_an_error() {
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// (soft, hard) "Max open files" of a process, from /proc.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_what_the_system_allows() {
+    // Started with the common soft limit of 1024 (the child inherits it),
+    // the gateway would refuse connections at ~500 concurrent clients.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a valid rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max <= 1024 {
+        eprintln!(
+            "hard open files limit is {}: nothing to raise",
+            lim.rlim_max
+        );
+        return;
+    }
+    let saved = lim.rlim_cur;
+    lim.rlim_cur = 1024;
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let gw = Gw::start();
+    lim.rlim_cur = saved;
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let pid = gw.child.as_ref().unwrap().id();
+    let (soft, hard) = open_files_limits(pid);
+    assert_eq!(
+        soft, hard,
+        "soft limit {soft} left below the hard limit {hard}"
+    );
+}
+
 #[test]
 fn sigterm_drains_and_exits_zero_promptly() {
     let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
