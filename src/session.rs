@@ -457,7 +457,12 @@ impl Sessions {
             self.evict(h);
             return Ok(Lookup::Expired);
         }
-        live.last_seen.store(now, Ordering::Relaxed);
+        // Most requests of a busy session fall in the same clock tick; not
+        // writing then keeps the entry's cache line shared between the
+        // worker threads instead of bouncing it on every request.
+        if live.last_seen() < now {
+            live.last_seen.store(now, Ordering::Relaxed);
+        }
         let persisted = live.persisted_seen.load(Ordering::Relaxed);
         if now.saturating_sub(persisted) >= self.coalesce_ms
             && live
