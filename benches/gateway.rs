@@ -62,6 +62,8 @@ struct Plan {
     direct: Duration,
     slice: Duration,
     pairs_signed: usize,
+    /// The signed-in scenario again with the access log on.
+    pairs_logged: usize,
     pairs_denied: usize,
     pairs_cold: usize,
     fixed_slice: Duration,
@@ -85,6 +87,7 @@ impl Plan {
                 direct: Duration::from_millis(300),
                 slice: Duration::from_millis(250),
                 pairs_signed: 1,
+                pairs_logged: 1,
                 pairs_denied: 1,
                 pairs_cold: 1,
                 fixed_slice: Duration::from_millis(300),
@@ -104,6 +107,7 @@ impl Plan {
                 direct: Duration::from_secs(2),
                 slice: Duration::from_millis(1500),
                 pairs_signed: 5,
+                pairs_logged: 2,
                 pairs_denied: 3,
                 pairs_cold: 3,
                 fixed_slice: Duration::from_secs(2),
@@ -2432,7 +2436,7 @@ async fn scenarios(
     rep.strict("access-log warm-up", &st);
     let mut slices = Vec::new();
     let (st_ptl, st_gwl) =
-        interleaved(&pt_logged, &gw_logged, plan, plan.pairs_denied, &mut slices).await?;
+        interleaved(&pt_logged, &gw_logged, plan, plan.pairs_logged, &mut slices).await?;
     rep.strict("passthrough (access-log twin)", &st_ptl);
     rep.strict("gateway with access log", &st_gwl);
     gw.stop();
