@@ -70,7 +70,7 @@ pub fn init(writer: NonBlocking, format: LogFormat) {
             // Two buffers take turns, so steady traffic allocates nothing.
             let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT);
             loop {
-                {
+                let mut writer = {
                     let mut p = sink.pending.lock();
                     // Asleep while there is nothing to write; the first line
                     // of a batch wakes this thread, then it gathers for a
@@ -82,8 +82,12 @@ pub fn init(writer: NonBlocking, format: LogFormat) {
                         sink.full.wait_for(&mut p, FLUSH_EVERY);
                     }
                     std::mem::swap(&mut *p, &mut spare);
-                }
-                hand_over(sink, &spare);
+                    // Taken before the batch lock is let go, so batches
+                    // reach the writer in the order they were taken.
+                    sink.writer.lock()
+                };
+                hand_over(&mut writer, &spare);
+                drop(writer);
                 spare.clear();
                 if spare.capacity() > 4 * FLUSH_AT {
                     spare.shrink_to(FLUSH_AT);
@@ -95,19 +99,22 @@ pub fn init(writer: NonBlocking, format: LogFormat) {
     }
 }
 
-fn hand_over(sink: &Sink, batch: &[u8]) {
+fn hand_over(writer: &mut NonBlocking, batch: &[u8]) {
     if !batch.is_empty() {
         // One message per batch, whole lines only, so they never interleave
         // with other log lines mid-line.
-        let _ = sink.writer.lock().write_all(batch);
+        let _ = writer.write_all(batch);
     }
 }
 
 /// Hands every waiting line to the log writer (at shutdown).
 pub fn flush() {
     if let Some(sink) = SINK.get() {
-        let batch = std::mem::take(&mut *sink.pending.lock());
-        hand_over(sink, &batch);
+        let (batch, mut writer) = {
+            let mut p = sink.pending.lock();
+            (std::mem::take(&mut *p), sink.writer.lock())
+        };
+        hand_over(&mut writer, &batch);
     }
 }
 
