@@ -8,7 +8,7 @@
 //! Revocations remove from cache and store and flush before answering.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,8 +208,11 @@ impl SessionStore for Store {
             if k.len() == prefix.len() + 32 {
                 let mut h = [0u8; 32];
                 h.copy_from_slice(&k[prefix.len()..]);
-                self.sessions.remove(h)?;
-                out.push(h);
+                // A session swept meanwhile leaves an index entry behind;
+                // only sessions that were still there count as ended.
+                if self.sessions.remove(h)?.is_some() {
+                    out.push(h);
+                }
             }
             self.sessions_by_user.remove(k)?;
         }
@@ -353,6 +356,9 @@ pub struct Sessions {
     /// Last-seen times waiting to be written back by the background
     /// writer ([`Sessions::write_back`]); requests only append here.
     dirty: Mutex<Vec<(SessionHash, u64)>>,
+    /// Sessions in the store, kept up to date here: sled can only count by
+    /// reading every entry, which would stall a metrics scrape.
+    stored: AtomicUsize,
 }
 
 /// Pending last-seen write-backs kept at most; past that they are dropped,
@@ -378,6 +384,8 @@ impl Sessions {
         // it back every tenth of the idle timeout (at most a minute) is
         // plenty.
         let coalesce_ms = (idle.as_millis() as u64 / 10).clamp(1, 60_000);
+        // The one full count, at start.
+        let stored = store.len();
         Sessions {
             store,
             shards: (0..SHARDS)
@@ -388,6 +396,7 @@ impl Sessions {
             absolute,
             coalesce_ms,
             dirty: Mutex::new(Vec::new()),
+            stored: AtomicUsize::new(stored),
         }
     }
 
@@ -420,6 +429,7 @@ impl Sessions {
         };
         let h = id.hash();
         self.store.put(&h, &rec)?;
+        self.stored.fetch_add(1, Ordering::Relaxed);
         let live = Arc::new(Live::from_record(h, rec));
         self.cache_insert(h, Arc::clone(&live));
         Ok((id, live))
@@ -489,6 +499,9 @@ impl Sessions {
         self.evict(h);
         let r = self.store.remove(h)?;
         self.evict(h);
+        if r.is_some() {
+            self.forget(1);
+        }
         Ok(r)
     }
 
@@ -499,6 +512,7 @@ impl Sessions {
         for shard in &self.shards {
             shard.lock().retain(|_, l| l.user != user);
         }
+        self.forget(hs.len());
         Ok(hs.len())
     }
 
@@ -521,6 +535,7 @@ impl Sessions {
             self.evict(h);
         }
         n += self.store.remove_expired(&expired)?;
+        self.forget(n);
         Ok(n)
     }
 
@@ -571,8 +586,17 @@ impl Sessions {
         Ok(v)
     }
 
+    /// Sessions in the store (expired ones count until they are swept).
     pub fn count(&self) -> usize {
-        self.store.len()
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    fn forget(&self, n: usize) {
+        let _ = self
+            .stored
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(n))
+            });
     }
 }
 
@@ -647,6 +671,40 @@ mod tests {
         s.write_back().unwrap();
         assert!(SessionStore::get(&store, &id.hash()).unwrap().is_none());
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Missing));
+    }
+
+    #[test]
+    fn the_count_follows_creates_revocations_and_sweeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Sessions::new(
+            Arc::new(store.clone()),
+            Duration::from_millis(300),
+            Duration::from_secs(600),
+            100,
+        );
+        let (a, _) = s.create("ann", "", "", false).unwrap();
+        s.create("ann", "", "", false).unwrap();
+        s.create("bob", "", "", false).unwrap();
+        s.create("cat", "", "", false).unwrap();
+        assert_eq!(s.count(), 4);
+        s.revoke(&a.hash()).unwrap();
+        s.revoke(&a.hash()).unwrap(); // already gone: no double count
+        assert_eq!(s.count(), 3);
+        assert_eq!(s.revoke_user("ann").unwrap(), 1);
+        assert_eq!(s.count(), 2);
+        // A restart counts what the store holds.
+        let again = Sessions::new(
+            Arc::new(store.clone()),
+            Duration::from_millis(300),
+            Duration::from_secs(600),
+            100,
+        );
+        assert_eq!(again.count(), 2);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(s.sweep().unwrap(), 2);
+        assert_eq!(s.count(), 0);
+        assert_eq!(store.len(), 0);
     }
 
     #[test]
