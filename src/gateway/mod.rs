@@ -482,7 +482,11 @@ impl ProxyHttp for Gateway {
         let up = &self.app.cfg.upstream;
         // SNI means nothing to a plain-HTTP upstream; leaving it empty saves
         // a string copy per request (and hashing it for the pool).
-        let sni = if up.tls { up.sni.clone() } else { String::new() };
+        let sni = if up.tls {
+            up.sni.clone()
+        } else {
+            String::new()
+        };
         let mut peer = HttpPeer::new(up.addr, up.tls, sni);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout + Duration::from_secs(5));
