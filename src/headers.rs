@@ -47,21 +47,24 @@ const OWNED_PREFIXES: &[&str] = &[
     "x-original-",   // X-Original-URL/-URI/-Host/-Forwarded-For (IIS, ingress-nginx)
 ];
 
-/// Reads a header name the way lenient servers do: case-insensitive, with
-/// `_` and `.` taken as `-` (oauth2-proxy CVE-2025-64484).
-fn normalised_eq_prefix(name: &str, pat: &str, prefix: bool) -> bool {
+/// A header name read the way lenient servers read it: case-insensitive,
+/// with `_` and `.` taken as `-` (oauth2-proxy CVE-2025-64484). Written into
+/// `buf` when it fits (every owned name does), else into `spill`.
+fn normalise<'a>(name: &str, buf: &'a mut [u8; 64], spill: &'a mut Vec<u8>) -> &'a [u8] {
+    let fold = |c: &u8| match c.to_ascii_lowercase() {
+        b'_' | b'.' => b'-',
+        c => c,
+    };
     let n = name.as_bytes();
-    let p = pat.as_bytes();
-    if n.len() < p.len() || (!prefix && n.len() != p.len()) {
-        return false;
+    if n.len() <= buf.len() {
+        for (d, c) in buf.iter_mut().zip(n) {
+            *d = fold(c);
+        }
+        &buf[..n.len()]
+    } else {
+        spill.extend(n.iter().map(fold));
+        spill
     }
-    n.iter().zip(p).all(|(a, b)| {
-        let a = match a.to_ascii_lowercase() {
-            b'_' | b'.' => b'-',
-            c => c,
-        };
-        a == *b
-    })
 }
 
 /// The identity headers and their names, compiled from the config.
@@ -184,31 +187,22 @@ impl IdentityHeaders {
         if self.drop_underscore && name.contains('_') {
             return true;
         }
-        if self
-            .extra_owned
-            .iter()
-            .any(|p| normalised_eq_prefix(name, p, false))
-        {
+        // Normalised once, then compared plainly against the (already
+        // normalised) owned names.
+        let (mut buf, mut spill) = ([0u8; 64], Vec::new());
+        let norm = normalise(name, &mut buf, &mut spill);
+        if self.extra_owned.iter().any(|p| p.as_bytes() == norm) {
             return true;
         }
         // Every built-in owned name starts with one of these letters; most
         // ordinary headers (accept, cookie, host, user-agent, ...) stop here.
-        if !matches!(
-            name.as_bytes().first().map(u8::to_ascii_lowercase),
-            Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')
-        ) {
+        if !matches!(norm.first(), Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')) {
             return false;
         }
-        OWNED_EXACT
-            .iter()
-            .any(|p| normalised_eq_prefix(name, p, false))
+        OWNED_EXACT.iter().any(|p| p.as_bytes() == norm)
             || OWNED_PREFIXES
                 .iter()
-                .any(|p| normalised_eq_prefix(name, p, true))
-            || self
-                .extra_owned
-                .iter()
-                .any(|p| normalised_eq_prefix(name, p, false))
+                .any(|p| norm.starts_with(p.as_bytes()))
     }
 
     /// Removes every owned header from an outgoing request.
@@ -339,6 +333,35 @@ mod tests {
             preferred_username: None,
         };
         IdentityHeaders::new(&cfg, &[], true, vec!["10.0.0.0/8".parse().unwrap()])
+    }
+
+    #[test]
+    fn spellings_are_normalised_even_when_underscores_are_allowed() {
+        let cfg = HeadersConfig {
+            preset: HeaderPreset::Portcullis,
+            user: Some(
+                "X-Remote-Login-Name-That-Is-Much-Longer-Than-Sixty-Four-Characters-In-All".into(),
+            ),
+            email: None,
+            groups: None,
+            name: None,
+            preferred_username: None,
+        };
+        let h = IdentityHeaders::new(&cfg, &[], false, Vec::new());
+        for n in [
+            "x_forwarded_email",
+            "X.Forwarded.Email",
+            "X-FORWARDED-EMAIL",
+            "x_real_ip",
+            // Longer than the stack buffer: still read as one name.
+            "X-Forwarded-Something-Very-Long-Indeed-To-Overflow-The-Sixty-Four-Byte-Buffer",
+            "x_remote_login_name_that_is_much_longer_than_sixty_four_characters_in_all",
+        ] {
+            assert!(h.is_owned(n), "{n}");
+        }
+        for n in ["x_request_id", "accept.language", "Cookie"] {
+            assert!(!h.is_owned(n), "{n}");
+        }
     }
 
     #[test]
