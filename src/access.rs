@@ -201,20 +201,13 @@ fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entr
                 e.method
             );
             out.push_str(" path=");
-            quoted(out, e.path);
+            quoted(out, e.path, escape_debug);
             let _ = write!(out, " status={} user=", e.status);
-            quoted(out, e.user.unwrap_or("-"));
+            quoted(out, e.user.unwrap_or("-"), escape_debug);
             out.push_str(" decision=");
-            quoted(out, e.decision);
+            quoted(out, e.decision, escape_debug);
             out.push_str(" rule=");
-            match e.rule {
-                Some(r) => {
-                    out.push('"');
-                    label(out, r, escape_debug);
-                    out.push('"');
-                }
-                None => out.push_str("\"-\""),
-            }
+            rule(out, e.rule, escape_debug);
             let _ = write!(out, " latency_us={}", e.latency_us);
             out.push_str(" client_ip=");
             if let Some(ip) = e.client_ip {
@@ -222,7 +215,7 @@ fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entr
             }
             if let Some(err) = e.error {
                 out.push_str(" error=");
-                quoted(out, &err.to_string());
+                quoted_display(out, err, escape_debug);
             }
         }
         LogFormat::Json => {
@@ -230,32 +223,23 @@ fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entr
                 out,
                 "{{\"timestamp\":\"{date}.{micros:06}Z\",\"level\":\"INFO\",\"method\":"
             );
-            json_str(out, e.method);
+            quoted(out, e.method, escape_json);
             out.push_str(",\"path\":");
-            json_str(out, e.path);
+            quoted(out, e.path, escape_json);
             let _ = write!(out, ",\"status\":{},\"user\":", e.status);
-            json_str(out, e.user.unwrap_or("-"));
+            quoted(out, e.user.unwrap_or("-"), escape_json);
             out.push_str(",\"decision\":");
-            json_str(out, e.decision);
+            quoted(out, e.decision, escape_json);
             out.push_str(",\"rule\":");
-            match e.rule {
-                Some(r) => {
-                    out.push('"');
-                    label(out, r, escape_json);
-                    out.push('"');
-                }
-                None => out.push_str("\"-\""),
+            rule(out, e.rule, escape_json);
+            let _ = write!(out, ",\"latency_us\":{},\"client_ip\":\"", e.latency_us);
+            if let Some(ip) = e.client_ip {
+                let _ = write!(out, "{ip}");
             }
-            let _ = write!(out, ",\"latency_us\":{},\"client_ip\":", e.latency_us);
-            match e.client_ip {
-                Some(ip) => {
-                    let _ = write!(out, "\"{ip}\"");
-                }
-                None => out.push_str("\"\""),
-            }
+            out.push('"');
             if let Some(err) = e.error {
                 out.push_str(",\"error\":");
-                json_str(out, &err.to_string());
+                quoted_display(out, err, escape_json);
             }
             let _ = write!(out, ",\"target\":\"{TARGET}\"}}");
         }
@@ -263,8 +247,16 @@ fn render(out: &mut String, format: LogFormat, date: &str, micros: u32, e: &Entr
     out.push('\n');
 }
 
-/// The rule's label (its name, or `file:line`), escaped as it is written.
-fn label(out: &mut String, r: &Rule, escape: fn(&mut String, &str)) {
+/// The rule's label (its name, or `file:line`) in quotes, or `"-"`.
+fn rule(out: &mut String, r: Option<&Rule>, escape: fn(&mut String, &str)) {
+    match r {
+        Some(r) => quoted_display(out, &r.label_display(), escape),
+        None => out.push_str("\"-\""),
+    }
+}
+
+/// Like [`quoted`], for a value written through `Display` (no string built).
+fn quoted_display(out: &mut String, v: &dyn std::fmt::Display, escape: fn(&mut String, &str)) {
     struct Escaping<'a>(&'a mut String, fn(&mut String, &str));
     impl std::fmt::Write for Escaping<'_> {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -272,18 +264,21 @@ fn label(out: &mut String, r: &Rule, escape: fn(&mut String, &str)) {
             Ok(())
         }
     }
-    let _ = write!(Escaping(out, escape), "{}", r.label_display());
-}
-
-/// A string as `tracing`'s text format shows it: in quotes, with quotes,
-/// backslashes and control characters escaped, so a client cannot forge
-/// a line or a field.
-fn quoted(out: &mut String, s: &str) {
     out.push('"');
-    escape_debug(out, s);
+    let _ = write!(Escaping(out, escape), "{v}");
     out.push('"');
 }
 
+/// A string in quotes, escaped for the format, so a client cannot end a
+/// field early or forge a line.
+fn quoted(out: &mut String, s: &str, escape: fn(&mut String, &str)) {
+    out.push('"');
+    escape(out, s);
+    out.push('"');
+}
+
+/// Escaping as `tracing`'s text format shows a string: quotes, backslashes
+/// and control characters.
 fn escape_debug(out: &mut String, s: &str) {
     if !s
         .bytes()
@@ -300,12 +295,6 @@ fn escape_debug(out: &mut String, s: &str) {
             c => out.push(c),
         }
     }
-}
-
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    escape_json(out, s);
-    out.push('"');
 }
 
 fn escape_json(out: &mut String, s: &str) {
