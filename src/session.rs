@@ -604,6 +604,12 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    /// Sessions over `store` with this idle timeout (ten minutes' lifetime,
+    /// a cache of 100).
+    fn sessions(store: &Store, idle: Duration) -> Sessions {
+        Sessions::new(Arc::new(store.clone()), idle, Duration::from_secs(600), 100)
+    }
+
     #[test]
     fn records_round_trip_and_old_json_still_reads() {
         let r = SessionRecord {
@@ -639,12 +645,7 @@ mod tests {
     fn store_keeps_only_hashes_and_revocation_is_durable() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let s = Sessions::new(
-            Arc::new(store.clone()),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-            100,
-        );
+        let s = sessions(&store, Duration::from_secs(60));
         let (id, _) = s.create("alice", "127.0.0.1", "test", false).unwrap();
         assert!(store.sessions.get(id.0).unwrap().is_none());
         assert!(store.sessions.get(id.hash()).unwrap().is_some());
@@ -658,12 +659,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         // Idle 200 ms: last-seen is written back every 20 ms of activity.
-        let s = Sessions::new(
-            Arc::new(store.clone()),
-            Duration::from_millis(200),
-            Duration::from_secs(600),
-            100,
-        );
+        let s = sessions(&store, Duration::from_millis(200));
         let (id, _) = s.create("zoe", "", "", false).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Valid(_)));
@@ -677,12 +673,7 @@ mod tests {
     fn the_count_follows_creates_revocations_and_sweeps() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let s = Sessions::new(
-            Arc::new(store.clone()),
-            Duration::from_millis(300),
-            Duration::from_secs(600),
-            100,
-        );
+        let s = sessions(&store, Duration::from_millis(300));
         let (a, _) = s.create("ann", "", "", false).unwrap();
         s.create("ann", "", "", false).unwrap();
         s.create("bob", "", "", false).unwrap();
@@ -694,12 +685,7 @@ mod tests {
         assert_eq!(s.revoke_user("ann").unwrap(), 1);
         assert_eq!(s.count(), 2);
         // A restart counts what the store holds.
-        let again = Sessions::new(
-            Arc::new(store.clone()),
-            Duration::from_millis(300),
-            Duration::from_secs(600),
-            100,
-        );
+        let again = sessions(&store, Duration::from_millis(300));
         assert_eq!(again.count(), 2);
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(s.sweep().unwrap(), 2);
@@ -715,12 +701,7 @@ mod tests {
             .sessions
             .insert([7u8; 32], &b"\xffnot a record"[..])
             .unwrap();
-        let s = Sessions::new(
-            Arc::new(store.clone()),
-            Duration::from_millis(50),
-            Duration::from_secs(600),
-            100,
-        );
+        let s = sessions(&store, Duration::from_millis(50));
         s.create("amy", "", "", false).unwrap();
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(s.sweep().unwrap(), 1);
@@ -732,12 +713,7 @@ mod tests {
     fn idle_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let s = Sessions::new(
-            Arc::new(store),
-            Duration::from_millis(50),
-            Duration::from_secs(600),
-            100,
-        );
+        let s = sessions(&store, Duration::from_millis(50));
         let (id, _) = s.create("bob", "", "", false).unwrap();
         std::thread::sleep(Duration::from_millis(80));
         assert!(matches!(s.lookup(&id.hash()).unwrap(), Lookup::Expired));
