@@ -231,16 +231,27 @@ fn spawn_sweeper(app: Arc<App>) -> Arc<std::sync::atomic::AtomicBool> {
             let step = Duration::from_millis(100);
             let mut since_sweep = Duration::ZERO;
             let mut since_write = Duration::ZERO;
+            let mut failing = false;
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(step);
                 since_sweep += step;
                 since_write += step;
                 if since_write >= WRITE_BACK_EVERY {
                     since_write = Duration::ZERO;
-                    match app.sessions.write_back() {
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "writing back session activity failed")
+                    // A full or failing disk fails every second: say so once,
+                    // and again when it recovers, not sixty times a minute.
+                    match (app.sessions.write_back(), failing) {
+                        (Ok(_), true) => {
+                            failing = false;
+                            tracing::info!("writing back session activity works again");
+                        }
+                        (Ok(_), false) => {}
+                        (Err(e), false) => {
+                            failing = true;
+                            tracing::error!(error = %e, "writing back session activity failed; sessions may expire early after a restart until it works again");
+                        }
+                        (Err(e), true) => {
+                            tracing::debug!(error = %e, "writing back session activity still fails")
                         }
                     }
                 }
