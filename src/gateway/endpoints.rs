@@ -934,8 +934,14 @@ impl Endpoint<'_> {
         match &self.identity {
             Some((u, live)) => {
                 let mut v = identity_json(self.gw, u);
+                // The creation time is not kept in the session cache (it
+                // only matters here); a store that cannot say leaves it out.
+                let created = match self.app().sessions.store().get(&live.hash) {
+                    Ok(Some(r)) => Some(crate::clock::rfc3339(r.created / 1000)),
+                    _ => None,
+                };
                 v["session"] = serde_json::json!({
-                    "created": crate::clock::rfc3339(live.created / 1000),
+                    "created": created,
                     "expires": crate::clock::rfc3339(live.expires / 1000),
                 });
                 Reply::json(200, &v)

@@ -536,7 +536,7 @@ impl ProxyHttp for Gateway {
             app.headers.inject(upstream, u);
         }
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
+            upstream.insert_header(X_FORWARDED_FOR, crate::headers::ip_value(ip))?;
         }
         upstream.insert_header(X_FORWARDED_PROTO, self.forwarded_proto.clone())?;
         if let Some(h) = session
