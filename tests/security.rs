@@ -743,3 +743,43 @@ fn method_overrides_and_duplicate_hosts_cannot_confuse_the_app() {
     let a = raw(gw.port, format!("GET /public/x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nHost: evil.example\r\nConnection: close\r\n\r\n", gw.port).as_bytes());
     assert_eq!(status_of(&a), 400, "{a}");
 }
+
+#[test]
+fn the_session_cookie_never_reaches_the_app_whatever_else_the_header_holds() {
+    let gw = Gw::start();
+    gw.add_user("rita", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("rita", PW));
+    let value = cookie.trim_start_matches("portcullis_session=").to_string();
+    // A byte outside ASCII in another cookie once made the whole header
+    // unreadable as text: the user was not recognised, and on a public
+    // route the header was forwarded untouched, our cookie too.
+    for header in [
+        format!("Cookie: pref=caf\u{e9}; {cookie}; theme=dark\r\n").into_bytes(),
+        [
+            &b"Cookie: pref=caf\xe9; "[..],
+            cookie.as_bytes(),
+            b"; theme=dark\r\n",
+        ]
+        .concat(),
+        format!("Cookie: theme=dark\r\nCookie: {cookie}\r\n").into_bytes(),
+        format!("Cookie: {cookie}\r\n").into_bytes(),
+    ] {
+        for path in ["/public/x", "/x"] {
+            let mut req =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n")
+                    .into_bytes();
+            req.extend_from_slice(&header);
+            req.extend_from_slice(b"Connection: close\r\n\r\n");
+            let answer = raw(gw.port, &req);
+            assert_eq!(status_of(&answer), 200, "{path}: {answer}");
+            assert!(
+                !answer.contains(&value),
+                "the session cookie reached the app:\n{answer}"
+            );
+            assert!(answer.contains("rita"), "not signed in on {path}: {answer}");
+            if header.windows(10).any(|w| w == b"theme=dark") {
+                assert!(answer.contains("theme=dark"), "{answer}");
+            }
+        }
+    }
+}

@@ -209,38 +209,57 @@ fn sent_content_length(session: &Session) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
-/// Values of every cookie named `name` across all `Cookie` headers.
+/// Values of every cookie named `name` across all `Cookie` headers. Read
+/// as bytes: a header with a stray non-ASCII byte in some other cookie
+/// still yields ours, and no header is validated as a whole first (cookie
+/// headers run to kilobytes). Values that are not UTF-8 are skipped.
 pub fn cookie_values<'a>(
     headers: &'a http::HeaderMap,
     name: &'a str,
 ) -> impl Iterator<Item = &'a str> + 'a {
+    cookie_pairs(headers).filter_map(move |(k, v)| {
+        if k != name.as_bytes() {
+            return None;
+        }
+        let start = v.iter().position(|b| *b != b'"').unwrap_or(v.len());
+        let end = v.iter().rposition(|b| *b != b'"').map_or(start, |e| e + 1);
+        std::str::from_utf8(&v[start..end]).ok()
+    })
+}
+
+/// Every `name=value` pair of every `Cookie` header, both sides trimmed
+/// (a piece without `=` is a name with an empty value).
+fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
+            None => (pair.trim_ascii(), &b""[..]),
         })
 }
 
 /// The `Cookie` header without the gateway's own cookies, or `None` if
-/// nothing is left.
-fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<String>> {
+/// there were none of ours. Works on bytes, like [`cookie_values`], so an
+/// odd byte elsewhere in the header cannot carry our cookies through.
+fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<HeaderValue>> {
     let mut touched = false;
-    let mut kept: Vec<&str> = Vec::new();
+    let mut kept: Vec<u8> = Vec::new();
     for v in headers.get_all(http::header::COOKIE) {
-        let s = v.to_str().ok()?;
-        for pair in s.split(';') {
+        for pair in v.as_bytes().split(|b| *b == b';') {
             let name = pair
-                .split_once('=')
-                .map(|(k, _)| k.trim())
-                .unwrap_or(pair.trim());
-            if ours.contains(&name) {
+                .iter()
+                .position(|b| *b == b'=')
+                .map_or(pair, |eq| &pair[..eq])
+                .trim_ascii();
+            if ours.iter().any(|o| o.as_bytes() == name) {
                 touched = true;
-            } else if !pair.trim().is_empty() {
-                kept.push(pair.trim());
+            } else if !pair.trim_ascii().is_empty() {
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(pair.trim_ascii());
             }
         }
     }
@@ -250,7 +269,7 @@ fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<Stri
     Some(if kept.is_empty() {
         None
     } else {
-        Some(kept.join("; "))
+        HeaderValue::from_bytes(&kept).ok()
     })
 }
 
@@ -683,11 +702,32 @@ mod tests {
         assert_eq!(v, vec!["abc", "def"]);
         assert_eq!(
             scrub_cookies(&h, &["portcullis_session"]),
-            Some(Some("a=1; b=2".into()))
+            Some(Some(HeaderValue::from_static("a=1; b=2")))
         );
         let mut h = http::HeaderMap::new();
         h.append("cookie", "x=1".parse().unwrap());
         assert_eq!(scrub_cookies(&h, &["portcullis_session"]), None);
+    }
+
+    #[test]
+    fn an_odd_byte_elsewhere_neither_hides_nor_leaks_our_cookie() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_bytes(b"pref=caf\xe9; portcullis_session=\"abc\" ; x").unwrap(),
+        );
+        let v: Vec<_> = cookie_values(&h, "portcullis_session").collect();
+        assert_eq!(v, vec!["abc"]);
+        assert_eq!(
+            scrub_cookies(&h, &["portcullis_session"]),
+            Some(Some(HeaderValue::from_bytes(b"pref=caf\xe9; x").unwrap()))
+        );
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static(" portcullis_session=abc ;"),
+        );
+        assert_eq!(scrub_cookies(&h, &["portcullis_session"]), Some(None));
     }
 
     #[test]

@@ -241,7 +241,11 @@ impl MethodSet {
     }
 
     pub fn contains(&self, method: &http::Method) -> bool {
-        self.0 & Self::bit(method) != 0
+        self.contains_bit(Self::bit(method))
+    }
+
+    pub fn contains_bit(&self, bit: u16) -> bool {
+        self.0 & bit != 0
     }
 
     pub fn covers(&self, other: &MethodSet) -> bool {
