@@ -296,6 +296,7 @@ pub fn compile(
         &mut report,
     );
     report.sort();
+    policy.index_rules();
     Ok((policy, report))
 }
 
@@ -692,6 +693,94 @@ permissions = ["reports.export"]
 path = "/**"
 allow = "authenticated"
 "#;
+
+    #[test]
+    fn the_rule_index_decides_exactly_as_walking_every_rule() {
+        let text = r#"
+[groups.staff]
+permissions = ["reports.view"]
+
+[[rule]]
+path = ["/a/**", "/*/x"]
+methods = ["POST"]
+allow = "nobody"
+
+[[rule]]
+host = "admin.example.com"
+path = "/**"
+groups = ["staff"]
+
+[[rule]]
+path = "/a/b"
+allow = "anyone"
+
+[[rule]]
+path = ["/b/**", "/a/**"]
+permissions = ["reports.view"]
+
+[[rule]]
+path = "/"
+allow = "anyone"
+
+[[rule]]
+path = "/*/y/**"
+allow = "nobody"
+
+[[rule]]
+path = "/c"
+methods = ["GET"]
+allow = "authenticated"
+
+[[rule]]
+path = "/c/**"
+allow = "superuser"
+"#;
+        for case_insensitive in [false, true] {
+            let indexed = compile(&[(Path::new("p.toml"), text)], case_insensitive)
+                .map(|(p, _)| p)
+                .unwrap_or_else(|r| panic!("{r}"));
+            let linear = indexed.clone().unindexed();
+            let groups = vec!["staff".to_string()];
+            let staff = Subject {
+                superuser: false,
+                groups: &groups,
+                permissions: &[],
+            };
+            let nobody = Subject {
+                superuser: false,
+                groups: &[],
+                permissions: &[],
+            };
+            let paths = [
+                "/", "/a", "/a/", "/a/b", "/a/b/c", "/a/x", "/q/x", "/q/y", "/q/y/z", "/b", "/b/1",
+                "/c", "/c/", "/c/d", "/d", "/d/e/f", "/a;p=1/b", "/A/b", "/x/y",
+            ];
+            let long = format!("/{}/b", "A".repeat(70));
+            for path in paths.into_iter().chain([long.as_str()]) {
+                for method in [http::Method::GET, http::Method::POST, http::Method::HEAD] {
+                    for host in ["app.example.com", "admin.example.com"] {
+                        for who in [None, Some(&staff), Some(&nobody)] {
+                            let req = Request {
+                                method: &method,
+                                host,
+                                path,
+                            };
+                            let (a, b) = (indexed.decide(&req, who), linear.decide(&req, who));
+                            let at = |d: &crate::policy::Decision<'_>, p: &Policy| {
+                                d.rule
+                                    .map(|r| p.rules.iter().position(|x| std::ptr::eq(x, r)))
+                            };
+                            assert_eq!(
+                                (a.outcome, a.public, at(&a, &indexed)),
+                                (b.outcome, b.public, at(&b, &linear)),
+                                "{method} {host}{path}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn policy(text: &str) -> Policy {
         compile(&[(Path::new("policy.toml"), text)], false)

@@ -164,13 +164,74 @@ pub struct Policy {
     /// Decision for requests no rule matches.
     pub unmatched: Option<Requirement>,
     pub files: Vec<PathBuf>,
+    /// Built by [`Policy::index_rules`] once the rules are final.
+    index: RuleIndex,
 }
+
+/// The rules grouped by the first path segment they can match, so that a
+/// decision only tries rules that could apply: with 100 rules a decision
+/// looks at a handful instead of walking the list. First match still wins,
+/// in file order.
+#[derive(Debug, Clone, Default)]
+struct RuleIndex {
+    /// How many rules it was built for; rules changed afterwards (by hand,
+    /// in tests) make [`Policy::decide`] walk the list instead.
+    built_for: usize,
+    by_first: HashMap<Box<str>, Vec<u32>>,
+    /// Rules with a path whose first segment is `*`, or that has none
+    /// (`/`, `/**`): they can match any first segment.
+    any_first: Vec<u32>,
+    /// Keys are lower case (the policy matches case-insensitively).
+    lower: bool,
+}
+
+/// Segments up to this long are lower-cased on the stack for the index;
+/// a longer first segment makes the decision walk every rule.
+const INDEX_SEGMENT_MAX: usize = 64;
 
 /// Most paths have few segments; splitting into a stack buffer keeps the
 /// hot path free of allocation.
 const INLINE_SEGMENTS: usize = 24;
 
 impl Policy {
+    /// Groups the rules by first path segment for [`Policy::decide`]; call
+    /// once the rules are final ([`load::compile`] does).
+    /// The same policy deciding by walking every rule (tests compare the
+    /// two).
+    #[cfg(test)]
+    pub(crate) fn unindexed(mut self) -> Self {
+        self.index = RuleIndex::default();
+        self
+    }
+
+    pub fn index_rules(&mut self) {
+        let mut index = RuleIndex {
+            built_for: self.rules.len(),
+            ..RuleIndex::default()
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            let i = i as u32;
+            let mut any = rule.paths.is_empty();
+            for p in &rule.paths {
+                match p.segments.first() {
+                    Some(pattern::Segment::Literal(l)) => {
+                        index.lower |= p.case_insensitive;
+                        // Case-insensitive literals are lower case already.
+                        let v = index.by_first.entry(l.as_str().into()).or_default();
+                        if v.last() != Some(&i) {
+                            v.push(i);
+                        }
+                    }
+                    _ => any = true,
+                }
+            }
+            if any {
+                index.any_first.push(i);
+            }
+        }
+        self.index = index;
+    }
+
     pub fn decide<'p>(&'p self, req: &Request<'_>, who: Option<&Subject<'_>>) -> Decision<'p> {
         let mut inline = [""; INLINE_SEGMENTS];
         let mut spill = Vec::new();
@@ -193,15 +254,90 @@ impl Policy {
         };
 
         let method = MethodSet::bit(req.method);
+        if self.index.built_for == self.rules.len() && !self.rules.is_empty() {
+            let mut buf = [0u8; INDEX_SEGMENT_MAX];
+            let first = match segs.first() {
+                Some(s) if self.index.lower && s.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    match buf.get_mut(..s.len()) {
+                        Some(b) => {
+                            b.copy_from_slice(s.as_bytes());
+                            b.make_ascii_lowercase();
+                            // Lower-casing ASCII bytes keeps UTF-8 valid.
+                            std::str::from_utf8(b).ok()
+                        }
+                        None => return self.decide_by_walking(req, method, segs, who),
+                    }
+                }
+                other => other.copied(),
+            };
+            let keyed: &[u32] = first
+                .and_then(|s| self.index.by_first.get(s))
+                .map_or(&[], Vec::as_slice);
+            let any = self.index.any_first.as_slice();
+            // Both lists are in rule order: merging them keeps first-match.
+            let (mut i, mut j) = (0, 0);
+            loop {
+                let next = match (keyed.get(i), any.get(j)) {
+                    (Some(&a), Some(&b)) if a < b => {
+                        i += 1;
+                        a
+                    }
+                    (_, Some(&b)) => {
+                        j += 1;
+                        b
+                    }
+                    (Some(&a), None) => {
+                        i += 1;
+                        a
+                    }
+                    (None, None) => break,
+                };
+                let Some(rule) = self.rules.get(next as usize) else {
+                    break;
+                };
+                if rule.matches(req, method, segs) {
+                    return self.rule_decision(rule, req, who);
+                }
+            }
+            self.unmatched_decision(req, who)
+        } else {
+            self.decide_by_walking(req, method, segs, who)
+        }
+    }
+
+    fn decide_by_walking<'p>(
+        &'p self,
+        req: &Request<'_>,
+        method: u16,
+        segs: &[&str],
+        who: Option<&Subject<'_>>,
+    ) -> Decision<'p> {
         for rule in &self.rules {
             if rule.matches(req, method, segs) {
-                return Decision {
-                    outcome: self.evaluate(&rule.require, req.method, who),
-                    rule: Some(rule),
-                    public: rule.require == Requirement::Anyone,
-                };
+                return self.rule_decision(rule, req, who);
             }
         }
+        self.unmatched_decision(req, who)
+    }
+
+    fn rule_decision<'p>(
+        &'p self,
+        rule: &'p Rule,
+        req: &Request<'_>,
+        who: Option<&Subject<'_>>,
+    ) -> Decision<'p> {
+        Decision {
+            outcome: self.evaluate(&rule.require, req.method, who),
+            rule: Some(rule),
+            public: rule.require == Requirement::Anyone,
+        }
+    }
+
+    fn unmatched_decision<'p>(
+        &'p self,
+        req: &Request<'_>,
+        who: Option<&Subject<'_>>,
+    ) -> Decision<'p> {
         let require = self.unmatched.as_ref().unwrap_or(&Requirement::Nobody);
         Decision {
             outcome: self.evaluate(require, req.method, who),
