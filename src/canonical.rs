@@ -234,6 +234,18 @@ fn canonical_path(raw: &[u8]) -> Result<String, TargetError> {
     slow_canonical_path(raw)
 }
 
+/// [`is_path_literal`] as a table: the fast path tests every byte of
+/// every request's path.
+static PATH_LITERAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_path_literal(b as u8);
+        b += 1;
+    }
+    t
+};
+
 /// True for paths the full canonicalisation would return unchanged: only
 /// characters allowed raw, no escapes, no empty, `.` or `..` segments, and
 /// no segment starting with `;`.
@@ -241,11 +253,10 @@ fn already_canonical(raw: &[u8]) -> bool {
     if raw.first() != Some(&b'/') {
         return false;
     }
-    let plain = |b: u8| is_unreserved(b) || b"!$&'()*+,;=:@/".contains(&b);
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];
-        if !plain(b) {
+        if !PATH_LITERAL[b as usize] {
             return false;
         }
         if b == b'/' {
@@ -410,12 +421,12 @@ fn is_control(b: u8) -> bool {
     b < 0x20 || b == 0x7F
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// pchar (RFC 3986 3.3) less percent-escapes, plus '/'.
-fn is_path_literal(b: u8) -> bool {
+const fn is_path_literal(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
