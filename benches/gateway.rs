@@ -110,8 +110,8 @@ impl Plan {
                 pairs_logged: 2,
                 pairs_denied: 3,
                 pairs_cold: 3,
-                fixed_slice: Duration::from_secs(2),
-                pairs_fixed: 2,
+                fixed_slice: Duration::from_millis(1200),
+                pairs_fixed: 5,
                 login: Duration::from_secs(4),
                 flood: Duration::from_secs(4),
                 flood_rate: 500.0,
@@ -1604,16 +1604,22 @@ async fn interleaved(
     Ok((sa, sb))
 }
 
-/// Same, for the open loop at `rate`.
+/// Per pair of open-loop slices: (b − a at p50, b − a at p99), in µs.
+type PairDiffs = Vec<(f64, f64)>;
+
+/// Same, for the open loop at `rate`; also returns each pair's differences.
 async fn interleaved_open(
     a: &Load,
     b: &Load,
     plan: &Plan,
     rate: f64,
     slices: &mut Vec<Value>,
-) -> anyhow::Result<(Stats, Stats)> {
+) -> anyhow::Result<(Stats, Stats, PairDiffs)> {
     let (mut sa, mut sb) = (Stats::new(), Stats::new());
+    let mut diffs = Vec::new();
     for i in 0..plan.pairs_fixed {
+        let mut pa = (0.0, 0.0);
+        let mut pb = (0.0, 0.0);
         let order: [(bool, &Load); 2] = if i % 2 == 0 {
             [(true, a), (false, b)]
         } else {
@@ -1627,13 +1633,29 @@ async fn interleaved_open(
                 "p99_us": round1(st.p_us(0.99)),
                 "backlog": st.backlog,
             }));
+            let ps = (st.p_us(0.5), st.p_us(0.99));
+            if is_a {
+                pa = ps;
+            } else {
+                pb = ps;
+            }
             let dst = if is_a { &mut sa } else { &mut sb };
             let elapsed = dst.elapsed + st.elapsed;
             dst.merge(st);
             dst.elapsed = elapsed;
         }
+        diffs.push((pb.0 - pa.0, pb.1 - pa.1));
     }
-    Ok((sa, sb))
+    Ok((sa, sb, diffs))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn signed_in_reqs(addr: SocketAddr, cookies: &[String], user: &str) -> Vec<Req> {
@@ -2092,7 +2114,7 @@ async fn scenarios(
     let fixed_rate = (pt_rate / 2.0).max(50.0).round();
     step(&format!("5. fixed rate {fixed_rate:.0}/s: added latency"));
     let mut slices = Vec::new();
-    let (st_ptf, st_gwf) =
+    let (st_ptf, st_gwf, pair_diffs) =
         interleaved_open(&pt_signed, &gw_signed, plan, fixed_rate, &mut slices).await?;
     rep.strict("passthrough fixed rate", &st_ptf);
     rep.strict("gateway fixed rate", &st_gwf);
@@ -2142,10 +2164,15 @@ async fn scenarios(
         (false, _) => Some("the passthrough did not keep up with the fixed rate"),
         (_, false) => Some("the gateway did not keep up with the fixed rate"),
     };
+    // Judged on the median over the interleaved pairs of each pair's
+    // difference: a stall of the shared VM lands in one slice, on one side,
+    // and would otherwise decide the merged p99 alone. The merged figures
+    // are printed too.
+    let pairs = pair_diffs.len();
     rep.fig(
         "added_p50",
-        "5. added latency p50",
-        st_gwf.p_us(0.5) - st_ptf.p_us(0.5),
+        format!("5. added latency p50 (median of {pairs} pairs)"),
+        median(pair_diffs.iter().map(|d| d.0).collect()),
         "µs",
         Some(("<=", 30.0)),
     );
@@ -2154,14 +2181,28 @@ async fn scenarios(
     }
     rep.fig(
         "added_p99",
-        "5. added latency p99",
-        st_gwf.p_us(0.99) - st_ptf.p_us(0.99),
+        format!("5. added latency p99 (median of {pairs} pairs)"),
+        median(pair_diffs.iter().map(|d| d.1).collect()),
         "µs",
         Some(("<=", 250.0)),
     );
     if let Some(why) = fixed_invalid {
         rep.invalidate_last(why);
     }
+    rep.fig(
+        "added_p50_merged",
+        "5. added latency p50, all slices merged",
+        st_gwf.p_us(0.5) - st_ptf.p_us(0.5),
+        "µs",
+        None,
+    );
+    rep.fig(
+        "added_p99_merged",
+        "5. added latency p99, all slices merged",
+        st_gwf.p_us(0.99) - st_ptf.p_us(0.99),
+        "µs",
+        None,
+    );
     rep.scenarios.insert(
         "5_fixed_rate".into(),
         json!({ "rate_per_s": fixed_rate, "passthrough": st_ptf.json(), "gateway": st_gwf.json(),

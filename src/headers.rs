@@ -51,20 +51,36 @@ const OWNED_PREFIXES: &[&str] = &[
 /// with `_` and `.` taken as `-` (oauth2-proxy CVE-2025-64484). Written into
 /// `buf` when it fits (every owned name does), else into `spill`.
 fn normalise<'a>(name: &str, buf: &'a mut [u8; 64], spill: &'a mut Vec<u8>) -> &'a [u8] {
-    let fold = |c: &u8| match c.to_ascii_lowercase() {
-        b'_' | b'.' => b'-',
-        c => c,
-    };
     let n = name.as_bytes();
     if n.len() <= buf.len() {
-        for (d, c) in buf.iter_mut().zip(n) {
+        for (d, &c) in buf.iter_mut().zip(n) {
             *d = fold(c);
         }
         &buf[..n.len()]
     } else {
-        spill.extend(n.iter().map(fold));
+        spill.extend(n.iter().map(|&c| fold(c)));
         spill
     }
+}
+
+/// One byte of [`normalise`].
+fn fold(c: u8) -> u8 {
+    match c.to_ascii_lowercase() {
+        b'_' | b'.' => b'-',
+        c => c,
+    }
+}
+
+/// The table behind [`IdentityHeaders::is_owned`]'s first-letter check.
+fn first_letters(extra: &[String]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let names = OWNED_EXACT.iter().chain(OWNED_PREFIXES).copied();
+    for n in names.chain(extra.iter().map(String::as_str)) {
+        if let Some(&b) = n.as_bytes().first() {
+            t[usize::from(fold(b))] = true;
+        }
+    }
+    t
 }
 
 /// The identity headers and their names, compiled from the config.
@@ -77,6 +93,10 @@ pub struct IdentityHeaders {
     fields: Vec<(String, HeaderName)>,
     /// Extra names to strip: every configured identity header.
     extra_owned: Vec<String>,
+    /// First letters (normalised) of every owned name, built-in or
+    /// configured: a header starting with any other letter is not owned,
+    /// and most ordinary headers (accept, host, user-agent) stop there.
+    owned_first: [bool; 256],
     drop_underscore: bool,
     trusted: Vec<ipnet::IpNet>,
     /// Identity header values per user record (keyed by username; checked
@@ -203,6 +223,7 @@ impl IdentityHeaders {
                 .iter()
                 .filter_map(|f| Some((f.name.clone(), hn(f.header.as_deref()?)?)))
                 .collect(),
+            owned_first: first_letters(&all),
             extra_owned: all,
             drop_underscore,
             trusted,
@@ -215,17 +236,16 @@ impl IdentityHeaders {
         if self.drop_underscore && name.contains('_') {
             return true;
         }
+        let first = name.as_bytes().first().map_or(0, |&b| fold(b));
+        if !self.owned_first[usize::from(first)] {
+            return false;
+        }
         // Normalised once, then compared plainly against the (already
         // normalised) owned names.
         let (mut buf, mut spill) = ([0u8; 64], Vec::new());
         let norm = normalise(name, &mut buf, &mut spill);
         if self.extra_owned.iter().any(|p| p.as_bytes() == norm) {
             return true;
-        }
-        // Every built-in owned name starts with one of these letters; most
-        // ordinary headers (accept, cookie, host, user-agent, ...) stop here.
-        if !matches!(norm.first(), Some(b'x' | b'r' | b'f' | b't' | b'c' | b'i')) {
-            return false;
         }
         OWNED_EXACT.iter().any(|p| p.as_bytes() == norm)
             || OWNED_PREFIXES
@@ -365,6 +385,25 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn configured_names_are_owned_whatever_letter_they_start_with() {
+        let cfg = HeadersConfig {
+            preset: HeaderPreset::Portcullis,
+            user: Some("Authenticated-User".into()),
+            email: Some("mail".into()),
+            groups: None,
+            name: None,
+            preferred_username: None,
+        };
+        let h = IdentityHeaders::new(&cfg, &[], false, vec![]);
+        for n in ["authenticated-user", "authenticated_user", "mail", "x-forwarded-groups"] {
+            assert!(h.is_owned(n), "{n}");
+        }
+        for n in ["accept", "host", "user-agent", "authorization", "mailbox"] {
+            assert!(!h.is_owned(n), "{n}");
         }
     }
 
