@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::accounts::User;
@@ -104,25 +103,11 @@ pub struct IdentityHeaders {
     cache: IdentityCache,
 }
 
-/// A header ready to insert: the name as written on the wire, and the value.
-/// Pingora keeps a case-preserving copy of every name; handing it the
-/// spelling as `Bytes` skips a per-request allocation and lookup.
-type Prepared = (Bytes, HeaderValue);
+/// A header ready to insert (cloning either is a reference count).
+type Prepared = (HeaderName, HeaderValue);
 
 type IdentityCache =
     parking_lot::RwLock<std::collections::HashMap<String, (Arc<User>, Arc<[Prepared]>)>>;
-
-/// The conventional spelling of a header name on the wire
-/// (`x-forwarded-user` -> `X-Forwarded-User`).
-pub fn wire_name(name: &HeaderName) -> Bytes {
-    let mut out = Vec::with_capacity(name.as_str().len());
-    let mut up = true;
-    for b in name.as_str().bytes() {
-        out.push(if up { b.to_ascii_uppercase() } else { b });
-        up = b == b'-';
-    }
-    Bytes::from(out)
-}
 
 /// The client's address as a header value. IPv4, nearly every request, is
 /// written digit by digit: `to_string` goes through the formatting
@@ -254,15 +239,14 @@ impl IdentityHeaders {
     }
 
     /// Removes every owned header from an outgoing request.
-    pub fn strip(&self, req: &mut pingora::http::RequestHeader) {
-        let doomed: Vec<HeaderName> = req
-            .headers
+    pub fn strip(&self, headers: &mut http::HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
             .keys()
             .filter(|k| self.is_owned(k.as_str()))
             .cloned()
             .collect();
         for k in doomed {
-            req.remove_header(&k);
+            headers.remove(&k);
         }
     }
 
@@ -275,7 +259,7 @@ impl IdentityHeaders {
             }
             if let Ok(v) = HeaderValue::from_str(value) {
                 for n in names {
-                    out.push((wire_name(n), v.clone()));
+                    out.push((n.clone(), v.clone()));
                 }
             }
         };
@@ -303,7 +287,7 @@ impl IdentityHeaders {
     /// Adds the signed-in user's identity. The header values are built once
     /// per user record and reused; a changed record is a new `Arc`, so the
     /// cache can never serve a stale identity.
-    pub fn inject(&self, req: &mut pingora::http::RequestHeader, user: &Arc<User>) {
+    pub fn inject(&self, headers: &mut http::HeaderMap, user: &Arc<User>) {
         let cached = self
             .cache
             .read()
@@ -323,7 +307,7 @@ impl IdentityHeaders {
             }
         };
         for (n, v) in values.iter() {
-            let _ = req.insert_header(n.clone(), v.clone());
+            headers.insert(n.clone(), v.clone());
         }
     }
 
@@ -399,7 +383,12 @@ mod tests {
             preferred_username: None,
         };
         let h = IdentityHeaders::new(&cfg, &[], false, vec![]);
-        for n in ["authenticated-user", "authenticated_user", "mail", "x-forwarded-groups"] {
+        for n in [
+            "authenticated-user",
+            "authenticated_user",
+            "mail",
+            "x-forwarded-groups",
+        ] {
             assert!(h.is_owned(n), "{n}");
         }
         for n in ["accept", "host", "user-agent", "authorization", "mailbox"] {
@@ -500,15 +489,15 @@ mod tests {
         let mut u = User::new("ann");
         u.groups = vec!["staff".into()];
         let first = Arc::new(u.clone());
-        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let mut req = http::HeaderMap::new();
         h.inject(&mut req, &first);
-        assert_eq!(req.headers["x-forwarded-groups"], "staff");
+        assert_eq!(req["x-forwarded-groups"], "staff");
         u.groups = vec!["accounting".into()];
         let second = Arc::new(u);
-        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let mut req = http::HeaderMap::new();
         h.inject(&mut req, &second);
-        assert_eq!(req.headers["x-forwarded-groups"], "accounting");
-        assert_eq!(req.headers["x-forwarded-user"], "ann");
+        assert_eq!(req["x-forwarded-groups"], "accounting");
+        assert_eq!(req["x-forwarded-user"], "ann");
     }
 
     #[test]

@@ -148,6 +148,8 @@ fn the_app_sees_exactly_the_path_that_was_authorised() {
         ("/caf%c3%a9", "/caf%C3%A9"),
         ("/x;jsessionid=1/y", "/x;jsessionid=1/y"),
         ("/q?next=//evil", "/q?next=//evil"),
+        ("/q?a={b}|c", "/q?a={b}|c"),
+        ("/q?name=caf\u{e9}", "/q?name=caf\u{e9}"),
     ] {
         let answer = request(gw.port, sent, "");
         assert_eq!(status_of(&answer), 200, "{sent}\n{answer}");
