@@ -782,6 +782,18 @@ allow = "superuser"
         }
     }
 
+    #[test]
+    fn the_host_is_needed_only_by_policies_with_host_rules() {
+        let plain = policy("[[rule]]\npath = \"/**\"\nallow = \"anyone\"\n");
+        assert!(!plain.uses_hosts());
+        // Not indexed (edited by hand): assume it may.
+        assert!(plain.clone().unindexed().uses_hosts());
+        let hosted = policy(
+            "[[rule]]\nhost = \"a.example\"\npath = \"/**\"\nallow = \"nobody\"\n\n[[rule]]\npath = \"/**\"\nallow = \"anyone\"\n",
+        );
+        assert!(hosted.uses_hosts());
+    }
+
     fn policy(text: &str) -> Policy {
         compile(&[(Path::new("policy.toml"), text)], false)
             .map(|(p, _)| p)

@@ -183,6 +183,8 @@ struct RuleIndex {
     any_first: Vec<u32>,
     /// Keys are lower case (the policy matches case-insensitively).
     lower: bool,
+    /// Some rule names hosts.
+    hosts: bool,
 }
 
 /// Segments up to this long are lower-cased on the stack for the index;
@@ -196,6 +198,12 @@ const INLINE_SEGMENTS: usize = 24;
 impl Policy {
     /// Groups the rules by first path segment for [`Policy::decide`]; call
     /// once the rules are final ([`load::compile`] does).
+    /// Whether any rule looks at the host: if none does, callers need not
+    /// work the host out for [`Request::host`].
+    pub fn uses_hosts(&self) -> bool {
+        self.index.hosts || self.index.built_for != self.rules.len()
+    }
+
     /// The same policy deciding by walking every rule (tests compare the
     /// two).
     #[cfg(test)]
@@ -211,6 +219,7 @@ impl Policy {
         };
         for (i, rule) in self.rules.iter().enumerate() {
             let i = i as u32;
+            index.hosts |= !rule.hosts.is_empty();
             let mut any = rule.paths.is_empty();
             for p in &rule.paths {
                 match p.segments.first() {
