@@ -757,17 +757,12 @@ fn explain(
         groups: &groups,
         permissions: &perms,
     };
-    let match_path = if cfg.policy.case_insensitive {
-        target.path.to_ascii_lowercase()
-    } else {
-        target.path.clone()
-    };
     let signed_in = record.is_some() && active;
     let d = policy.decide(
         &crate::policy::Request {
             method: &method,
             host: &host,
-            path: &match_path,
+            path: &target.path,
         },
         signed_in.then_some(&subject),
     );

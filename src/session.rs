@@ -158,14 +158,13 @@ fn decode_live(h: &SessionHash, v: &[u8]) -> Result<Live> {
         Some((&RECORD_V1, body)) => {
             let r: RecordView<'_> = postcard::from_bytes(body)
                 .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))?;
-            Ok(Live {
-                hash: *h,
-                user: r.user.into(),
-                expires: r.expires,
-                last_seen: AtomicU64::new(r.last_seen),
-                persisted_seen: AtomicU64::new(r.last_seen),
-                remember: r.remember,
-            })
+            Ok(Live::new(
+                *h,
+                r.user.into(),
+                r.expires,
+                r.last_seen,
+                r.remember,
+            ))
         }
         _ => Ok(Live::from_record(*h, decode(v)?)),
     }
@@ -342,15 +341,25 @@ pub struct Live {
 }
 
 impl Live {
-    fn from_record(hash: SessionHash, r: SessionRecord) -> Self {
+    fn new(
+        hash: SessionHash,
+        user: Box<str>,
+        expires: u64,
+        last_seen: u64,
+        remember: bool,
+    ) -> Self {
         Live {
             hash,
-            user: r.user.into(),
-            expires: r.expires,
-            last_seen: AtomicU64::new(r.last_seen),
-            persisted_seen: AtomicU64::new(r.last_seen),
-            remember: r.remember,
+            user,
+            expires,
+            last_seen: AtomicU64::new(last_seen),
+            persisted_seen: AtomicU64::new(last_seen),
+            remember,
         }
+    }
+
+    fn from_record(hash: SessionHash, r: SessionRecord) -> Self {
+        Live::new(hash, r.user.into(), r.expires, r.last_seen, r.remember)
     }
 
     pub fn last_seen(&self) -> u64 {

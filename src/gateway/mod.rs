@@ -227,17 +227,23 @@ pub fn cookie_values<'a>(
     })
 }
 
-/// Every `name=value` pair of every `Cookie` header, both sides trimmed
-/// (a piece without `=` is a name with an empty value).
+/// Every `name=value` pair of every `Cookie` header, split by
+/// [`cookie_pair`].
 fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(|pair| match pair.iter().position(|b| *b == b'=') {
-            Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
-            None => (pair.trim_ascii(), &b""[..]),
-        })
+        .map(cookie_pair)
+}
+
+/// One `name=value` piece of a `Cookie` header, both sides trimmed (a
+/// piece without `=` is a name with an empty value).
+fn cookie_pair(pair: &[u8]) -> (&[u8], &[u8]) {
+    match pair.iter().position(|b| *b == b'=') {
+        Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
+        None => (pair.trim_ascii(), &b""[..]),
+    }
 }
 
 /// The `Cookie` header without the gateway's own cookies, or `None` if
@@ -248,11 +254,7 @@ fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<Head
     let mut kept: Vec<u8> = Vec::new();
     for v in headers.get_all(http::header::COOKIE) {
         for pair in v.as_bytes().split(|b| *b == b';') {
-            let name = pair
-                .iter()
-                .position(|b| *b == b'=')
-                .map_or(pair, |eq| &pair[..eq])
-                .trim_ascii();
+            let (name, _) = cookie_pair(pair);
             if ours.iter().any(|o| o.as_bytes() == name) {
                 touched = true;
             } else if !pair.trim_ascii().is_empty() {
@@ -390,11 +392,6 @@ impl ProxyHttp for Gateway {
             }
         };
         let policy = app.policy.current();
-        let lowered = app
-            .cfg
-            .policy
-            .case_insensitive
-            .then(|| target.path.to_ascii_lowercase());
         let own = under_prefix(&target.path, &app.cfg.server.prefix);
         ctx.target = Some(target);
 
@@ -430,11 +427,8 @@ impl ProxyHttp for Gateway {
 
         // 4. Authorise.
         let req = session.req_header();
-        let path = match (&lowered, &ctx.target) {
-            (Some(l), _) => l.as_str(),
-            (None, Some(t)) => t.path.as_str(),
-            (None, None) => "/",
-        };
+        // A case-insensitive policy compares case-insensitively itself.
+        let path = ctx.target.as_ref().map_or("/", |t| t.path.as_str());
         // Most policies have no host rules; the host is then not worked out.
         let host = if policy.uses_hosts() {
             request_host(req)

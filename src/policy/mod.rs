@@ -196,8 +196,6 @@ const INDEX_SEGMENT_MAX: usize = 64;
 const INLINE_SEGMENTS: usize = 24;
 
 impl Policy {
-    /// Groups the rules by first path segment for [`Policy::decide`]; call
-    /// once the rules are final ([`load::compile`] does).
     /// Whether any rule looks at the host: if none does, callers need not
     /// work the host out for [`Request::host`].
     pub fn uses_hosts(&self) -> bool {
@@ -212,6 +210,8 @@ impl Policy {
         self
     }
 
+    /// Groups the rules by first path segment for [`Policy::decide`]; call
+    /// once the rules are final ([`load::compile`] does).
     pub fn index_rules(&mut self) {
         let mut index = RuleIndex {
             built_for: self.rules.len(),
