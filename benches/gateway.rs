@@ -69,7 +69,9 @@ struct Plan {
     fixed_slice: Duration,
     pairs_fixed: usize,
     login: Duration,
+    /// One slice of scenario 7 (with and without the flood alike).
     flood: Duration,
+    pairs_flood: usize,
     /// Wrong-password logins per second during the flood.
     flood_rate: f64,
     sessions: usize,
@@ -94,6 +96,7 @@ impl Plan {
                 pairs_fixed: 1,
                 login: Duration::from_millis(600),
                 flood: Duration::from_millis(600),
+                pairs_flood: 1,
                 flood_rate: 100.0,
                 sessions: 2_000,
                 rule_iters: 20_000,
@@ -112,8 +115,9 @@ impl Plan {
                 pairs_cold: 3,
                 fixed_slice: Duration::from_millis(1200),
                 pairs_fixed: 5,
-                login: Duration::from_secs(4),
-                flood: Duration::from_secs(4),
+                login: Duration::from_secs(3),
+                flood: Duration::from_millis(800),
+                pairs_flood: 5,
                 flood_rate: 500.0,
                 sessions: 100_000,
                 rule_iters: 1_000_000,
@@ -510,6 +514,7 @@ struct Gateway {
     dir: PathBuf,
     config: PathBuf,
     port: u16,
+    metrics_port: u16,
     child: Option<Child>,
     pin: Option<Vec<usize>>,
     /// `RUST_LOG` for the gateway: `warn` (no access lines, as the
@@ -524,6 +529,7 @@ impl Gateway {
             dir: dir.to_path_buf(),
             config: dir.join("portcullis.toml"),
             port: 0,
+            metrics_port: 0,
             child: None,
             pin,
             log_level: "warn",
@@ -536,20 +542,56 @@ impl Gateway {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The gateway's metrics text.
+    fn scrape(&self) -> anyhow::Result<String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
+        let r = http_once(addr, &get_req(addr, "/metrics", None, false))?;
+        if r.status != 200 {
+            bail!("/metrics answered {}", r.status);
+        }
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// A histogram's running `(sum, count)` from the gateway's metrics.
+    fn histogram(&self, name: &str) -> anyhow::Result<(f64, f64)> {
+        let text = self.scrape()?;
+        Ok((
+            metric_value(&text, &format!("{name}_sum"))?,
+            metric_value(&text, &format!("{name}_count"))?,
+        ))
+    }
+
+    /// Waits until no password check is queued or running.
+    async fn wait_hash_pool_idle(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.scrape()?;
+            if metric_value(&text, "portcullis_argon2_queue_depth")? == 0.0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the hash pool was still busy after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 
     fn write_config(&mut self, upstream: SocketAddr, cache_entries: usize) -> anyhow::Result<()> {
         self.port = free_port()?;
-        let port = self.port;
+        self.metrics_port = free_port()?;
+        let (port, mport) = (self.port, self.metrics_port);
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nthreads = 1\ngrace_period = 0\n\n\
              [upstream]\nurl = \"http://{upstream}\"\nconnect_timeout = \"2s\"\nread_timeout = \"3s\"\n\n\
              [storage]\npath = \"data\"\n\n\
              [policy]\nfiles = [\"policy.toml\"]\nwatch = false\n\n\
              [session]\ncache_entries = {cache_entries}\nsweep_interval = \"10m\"\n\n\
-             [log]\naudit_file = \"audit.jsonl\"\n"
+             [log]\naudit_file = \"audit.jsonl\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
         );
         std::fs::write(&self.config, text)?;
         Ok(())
@@ -752,6 +794,14 @@ struct OneResponse {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric_value(text: &str, name: &str) -> anyhow::Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("the gateway's /metrics has no {name}"))
 }
 
 /// One blocking request on a fresh connection (setup and sanity checks).
@@ -2215,10 +2265,12 @@ async fn scenarios(
     // core with the proxy thread (the other CPU of a 2-CPU machine runs the
     // load side). That makes scenario 7 the strict case: hashing must not
     // starve proxying even on the same core.
-    // Timed while the gateway idles: one hash, then 8 checks. Their time
-    // varies with where argon2's 19 MiB come from (freshly faulted-in pages
-    // cost this VM ~9 ms more than reused ones), so the theoretical rate
-    // uses the fastest: the best the pool could do.
+    // The pool's theoretical rate is its workers ÷ the time one check
+    // takes on them, read from the gateway's own histogram over this very
+    // run: argon2 is memory-bound and its speed on this VM drifts by ±10 %
+    // from minute to minute, so a check timed at another moment (the
+    // in-process figure below, kept for reference) measured the drift as
+    // much as the pool.
     let (hash_ms, verify_ms, samples) =
         tokio::task::spawn_blocking(|| -> anyhow::Result<(f64, f64, Vec<f64>)> {
             let t = Instant::now();
@@ -2245,7 +2297,6 @@ async fn scenarios(
         bail!("verify_blocking rejected the right password");
     }
     let workers = cores().saturating_sub(1).max(1);
-    let theoretical = workers as f64 * 1000.0 / verify_ms;
     let login_load = Load::new(
         ga,
         vec![Req {
@@ -2254,12 +2305,17 @@ async fn scenarios(
         }],
         Pick::Cycle,
     );
+    let checks_before = gw.histogram("portcullis_password_check_seconds")?;
     let st_login = closed_loop(&login_load, workers * 2 + 2, plan.login).await?;
+    let checks_after = gw.histogram("portcullis_password_check_seconds")?;
     rep.strict("login", &st_login);
+    let checks = checks_after.1 - checks_before.1;
+    let check_ms = (checks_after.0 - checks_before.0) * 1e3 / checks.max(1.0);
+    let theoretical = workers as f64 * 1000.0 / check_ms;
     rep.fig(
-        "verify_ms",
-        "6. one argon2id verification, in-process (fastest of 8)",
-        verify_ms,
+        "check_ms",
+        "6. one password check on the gateway's pool, mean over the run",
+        check_ms,
         "ms",
         None,
     );
@@ -2272,7 +2328,7 @@ async fn scenarios(
     );
     rep.fig(
         "login_theoretical",
-        "6. theoretical: workers / verify time",
+        "6. theoretical: workers / check time",
         theoretical,
         "/s",
         None,
@@ -2284,19 +2340,34 @@ async fn scenarios(
         "",
         Some((">=", 0.9)),
     );
-    let mut sorted = samples.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median_ms = sorted[sorted.len() / 2];
+    // Every login is one check; more would mean hidden extra hashing.
+    if (checks - st_login.ok as f64).abs() > (workers * 2 + 2) as f64 {
+        rep.wrong.push(format!(
+            "login: {} logins answered but the pool ran {checks} checks",
+            st_login.ok
+        ));
+    }
     rep.fig(
-        "login_efficiency_median",
-        "6. login efficiency against the median check time",
-        st_login.rate() * median_ms / (workers as f64 * 1000.0),
+        "verify_ms",
+        "6. one check in the bench process before the run (fastest of 8)",
+        verify_ms,
+        "ms",
+        None,
+    );
+    rep.fig(
+        "login_efficiency_in_process",
+        "6. login efficiency against that fastest check",
+        st_login.rate() * verify_ms / (workers as f64 * 1000.0),
         "",
         None,
     );
+    let mut sorted = samples.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median_ms = sorted[sorted.len() / 2];
     rep.scenarios.insert(
         "6_login".into(),
-        json!({ "hash_ms": round3(hash_ms), "verify_ms": round3(verify_ms), "verify_median_ms": round3(median_ms),
+        json!({ "hash_ms": round3(hash_ms), "check_ms_on_pool": round3(check_ms), "checks_on_pool": checks,
+                "verify_ms": round3(verify_ms), "verify_median_ms": round3(median_ms),
                 "verify_samples_ms": samples.iter().map(|x| round3(*x)).collect::<Vec<_>>(), "workers": workers,
                 "theoretical_per_s": round1(theoretical), "login": st_login.json() }),
     );
@@ -2305,61 +2376,100 @@ async fn scenarios(
     step(&format!(
         "7. signed-in traffic at {fixed_rate:.0}/s during a wrong-password login flood"
     ));
-    let base = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
-    rep.strict("gateway fixed rate (flood baseline)", &base);
     // A distributed guessing flood: many client addresses (all of 127/8 is
     // loopback) and many user names, so the throttle's per-client and
     // per-account back-off does not answer it all cheaply and the hash
     // pool stays saturated. Unknown names cost one argon2 verification
     // against the dummy hash, as a wrong password does.
-    let mut flood = Load::new(
-        ga,
-        (0..4000)
-            .map(|i| Req {
-                bytes: if i % 10 == 0 {
-                    login_req(ga, "dave", &format!("wrong-password-{i}"))
-                } else {
-                    login_req(ga, &format!("guess{i}"), "wrong-password")
-                },
-                expect: Expect::AnyOf(&[401, 429, 503]),
-            })
-            .collect(),
-        Pick::Cycle,
-    );
-    flood.sources = Arc::new(
-        (0..64u8)
-            .map(|i| IpAddr::from([127, 0, 1, 10 + i]))
-            .collect(),
-    );
-    let (flood_rate, flood_dur) = (plan.flood_rate, plan.flood + Duration::from_millis(500));
-    let flood_thread = std::thread::Builder::new()
-        .name("bench-flood".into())
-        .spawn(move || -> anyhow::Result<Stats> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(open_loop(&flood, 64, flood_rate, flood_dur))
-        })?;
-    // Let the flood fill the hash queue before measuring.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let during = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
-    let flood_st = tokio::task::spawn_blocking(move || flood_thread.join())
-        .await?
-        .map_err(|_| anyhow!("flood thread panicked"))??;
+    // Every pair guesses fresh names, so the per-account back-off of one
+    // pair does not answer the next one's flood cheaply.
+    let flood_for = |pair: usize| {
+        let mut flood = Load::new(
+            ga,
+            (0..4000)
+                .map(|i| Req {
+                    bytes: if i % 10 == 0 {
+                        login_req(ga, "dave", &format!("wrong-password-{i}"))
+                    } else {
+                        login_req(ga, &format!("guess{pair}-{i}"), "wrong-password")
+                    },
+                    expect: Expect::AnyOf(&[401, 429, 503]),
+                })
+                .collect(),
+            Pick::Cycle,
+        );
+        flood.sources = Arc::new(
+            (0..64u8)
+                .map(|i| IpAddr::from([127, 0, 1, 10 + i]))
+                .collect(),
+        );
+        flood
+    };
+    // Pairs of slices, without then during the flood, judged on the median
+    // of the pairs' p99 ratios: a p99 over one slice is decided by a
+    // handful of requests, and one stall of the shared VM in either slice
+    // would otherwise decide the figure alone.
+    let (mut base, mut during, mut flood_st) = (Stats::new(), Stats::new(), Stats::new());
+    let mut ratios = Vec::new();
+    let mut slices = Vec::new();
+    let mut base_kept_up = true;
+    for pair in 0..plan.pairs_flood {
+        // Checks the previous flood left queued still run; the baseline
+        // starts only once the pool is idle.
+        gw.wait_hash_pool_idle(Duration::from_secs(5)).await?;
+        let b = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
+        base_kept_up &= kept_up(&b, fixed_rate, plan.flood);
+        let flood = flood_for(pair);
+        let (flood_rate, flood_dur) = (plan.flood_rate, plan.flood + Duration::from_millis(500));
+        let flood_thread = std::thread::Builder::new()
+            .name("bench-flood".into())
+            .spawn(move || -> anyhow::Result<Stats> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(open_loop(&flood, 64, flood_rate, flood_dur))
+            })?;
+        // Let the flood fill the hash queue before measuring.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let d = open_loop(&gw_signed, plan.open_conns, fixed_rate, plan.flood).await?;
+        let f = tokio::task::spawn_blocking(move || flood_thread.join())
+            .await?
+            .map_err(|_| anyhow!("flood thread panicked"))??;
+        ratios.push(d.p_us(0.99) / b.p_us(0.99));
+        slices.push(
+            json!({ "baseline_p99_us": round1(b.p_us(0.99)), "during_p99_us": round1(d.p_us(0.99)),
+                            "flood_statuses": f.json()["statuses"].clone() }),
+        );
+        for (all, st) in [(&mut base, b), (&mut during, d), (&mut flood_st, f)] {
+            let elapsed = all.elapsed + st.elapsed;
+            all.merge(st);
+            all.elapsed = elapsed;
+        }
+    }
+    rep.strict("gateway fixed rate (flood baseline)", &base);
     rep.strict("flood (its answers must be 401, 429 or 503)", &flood_st);
-    let p99_ratio = during.p_us(0.99) / base.p_us(0.99);
     rep.fig(
         "flood_p99_ratio",
-        "7. signed-in p99 during flood / without",
-        p99_ratio,
+        format!(
+            "7. signed-in p99 during flood / without (median of {} pairs)",
+            ratios.len()
+        ),
+        median(ratios.clone()),
         "",
         Some(("<=", 1.5)),
     );
-    if !kept_up(&base, fixed_rate, plan.flood) {
+    if !base_kept_up {
         rep.invalidate_last(
             "the gateway did not keep up with the fixed rate even without the flood",
         );
     }
+    rep.fig(
+        "flood_p99_ratio_merged",
+        "7. signed-in p99 during flood / without, all slices merged",
+        during.p_us(0.99) / base.p_us(0.99),
+        "",
+        None,
+    );
     rep.fig(
         "flood_errors",
         "7. signed-in errors during flood",
@@ -2369,8 +2479,8 @@ async fn scenarios(
     );
     rep.scenarios.insert(
         "7_flood".into(),
-        json!({ "rate_per_s": fixed_rate, "flood_rate_per_s": flood_rate, "baseline": base.json(),
-                "during_flood": during.json(), "flood": flood_st.json() }),
+        json!({ "rate_per_s": fixed_rate, "flood_rate_per_s": plan.flood_rate, "baseline": base.json(),
+                "during_flood": during.json(), "flood": flood_st.json(), "pairs": slices }),
     );
 
     // 8 and 3: 100k sessions, written through the library with the gateway stopped.

@@ -76,10 +76,11 @@ impl App {
         } else {
             "portcullis_csrf".to_string()
         };
+        let metrics = crate::metrics::Metrics::new();
         Ok(App {
             throttle: Throttle::new(cfg.throttle.clone()),
-            hasher: HashPool::for_this_machine(),
-            metrics: crate::metrics::Metrics::new(),
+            hasher: HashPool::for_this_machine().timed(metrics.password_check.clone()),
+            metrics,
             cfg,
             policy,
             store,

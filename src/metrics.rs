@@ -24,6 +24,7 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub policy_last_good: IntGauge,
     pub upstream_latency: Histogram,
+    pub password_check: Histogram,
     pub upstream_errors: IntCounter,
     pub audit_dropped: IntGauge,
     pub access_dropped: IntGauge,
@@ -92,6 +93,18 @@ impl Metrics {
             ]),
         )
         .expect("static metric definition");
+        // Around argon2id's OWASP cost (~10-50 ms on one core); the top
+        // buckets catch an overloaded or throttled machine.
+        let password_check = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_password_check_seconds",
+                "Time one password check or hash runs on a hashing thread",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .expect("static metric definition");
         let upstream_errors = IntCounter::new(
             "portcullis_upstream_errors_total",
             "Requests the upstream failed",
@@ -118,6 +131,7 @@ impl Metrics {
             Box::new(policy_reloads.clone()),
             Box::new(policy_last_good.clone()),
             Box::new(upstream_latency.clone()),
+            Box::new(password_check.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(audit_dropped.clone()),
         ] {
@@ -156,6 +170,7 @@ impl Metrics {
             policy_reloads,
             policy_last_good,
             upstream_latency,
+            password_check,
             upstream_errors,
             audit_dropped,
             access_dropped,
