@@ -17,7 +17,7 @@ use crate::accounts::{check_email, check_username, user_key, Accounts, User};
 use crate::audit::{Audit, Event};
 use crate::password_rules::PasswordRules;
 use crate::policy::reload::PolicyHandle;
-use crate::session::{short_tag, Sessions};
+use crate::session::{parse_hash_hex, short_tag, SessionHash, Sessions};
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
@@ -393,8 +393,7 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
             Ok(json!({ "user": user, "revoked": n }))
         }
         Command::SessionRevoke { id } => {
-            let mut h = [0u8; 32];
-            let matches: Vec<[u8; 32]> = if hex::decode_to_slice(&id, &mut h).is_ok() {
+            let matches: Vec<SessionHash> = if let Some(h) = parse_hash_hex(&id) {
                 vec![h]
             } else if id.len() >= 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 // A short tag from `session list`: accept it if unambiguous.

@@ -1,8 +1,8 @@
 //! Server-side cookie sessions.
 //!
 //! The cookie carries a 256-bit random id; the store keys the session by
-//! the SHA-256 of that id, so a copy of the database holds no usable
-//! cookie. Hot sessions are served from a bounded in-memory cache; the
+//! the first 128 bits of the SHA-256 of that id, so a copy of the database
+//! holds no usable cookie. Hot sessions are served from a bounded in-memory cache; the
 //! last-seen time is kept in memory and written back only when it has moved
 //! by a coalescing interval, so ordinary requests never write to disk.
 //! Revocations remove from cache and store and flush before answering.
@@ -21,7 +21,14 @@ use sha2::{Digest, Sha256};
 use crate::clock::{unix_millis, unix_millis_coarse};
 use crate::store::{Result, Store, StoreError};
 
-pub type SessionHash = [u8; 32];
+/// The first 16 bytes of SHA-256(session id): what the store and the cache
+/// know a session by. 128 bits keep forging a cookie for a stored session
+/// a 2^128 preimage search, and a key of this size stays inside sled's
+/// inline key buffer (22 bytes): a 32-byte key was one more allocation
+/// per session, about 6 MiB per 100k sessions, and slower lookups.
+pub type SessionHash = [u8; HASH_LEN];
+
+pub const HASH_LEN: usize = 16;
 
 /// A fresh session id: what goes in the cookie (base64url, 43 chars).
 pub struct SessionId(pub [u8; 32]);
@@ -50,8 +57,27 @@ impl SessionId {
     }
 
     pub fn hash(&self) -> SessionHash {
-        Sha256::digest(self.0).into()
+        let full = Sha256::digest(self.0);
+        let mut h = [0u8; HASH_LEN];
+        h.copy_from_slice(&full[..HASH_LEN]);
+        h
     }
+}
+
+/// A session id as listings show it (hex of its [`SessionHash`]). Ids
+/// listed before the hash was cut to 16 bytes showed all 32 bytes of
+/// SHA-256; they name the same session by their first 16.
+pub fn parse_hash_hex(id: &str) -> Option<SessionHash> {
+    let mut full = [0u8; 32];
+    let n = match id.len() {
+        32 => HASH_LEN,
+        64 => 32,
+        _ => return None,
+    };
+    hex::decode_to_slice(id, &mut full[..n]).ok()?;
+    let mut h = [0u8; HASH_LEN];
+    h.copy_from_slice(&full[..HASH_LEN]);
+    Some(h)
 }
 
 /// A short, non-reversible tag of a session for logs and listings.
@@ -177,11 +203,57 @@ fn encode(rec: &SessionRecord) -> Result<Vec<u8>> {
 }
 
 fn by_user_key(user: &str, h: &SessionHash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.len() + 33);
+    let mut k = Vec::with_capacity(user.len() + 1 + HASH_LEN);
     k.extend_from_slice(user.as_bytes());
     k.push(0);
     k.extend_from_slice(h);
     k
+}
+
+/// Marks a store whose session keys are [`HASH_LEN`] bytes long.
+const KEYS_UPGRADED: &[u8] = b"session_keys:16";
+
+/// Stores written before the hash was cut to 16 bytes keyed sessions (and
+/// the per-user index) by all 32 bytes of SHA-256. This rewrites them once,
+/// at open, so their cookies keep working. Safe to interrupt: each entry is
+/// written under its new key before its old key goes, sled recovers writes
+/// in order, and a later open finishes the rest. Returns how many sessions
+/// were moved.
+pub(crate) fn upgrade_keys(store: &Store) -> Result<usize> {
+    if store.meta.contains_key(KEYS_UPGRADED)? {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    for kv in store.sessions.iter() {
+        let (k, v) = kv?;
+        if k.len() == 32 {
+            store.sessions.insert(&k[..HASH_LEN], v)?;
+            store.sessions.remove(&k)?;
+            moved += 1;
+        }
+    }
+    for kv in store.sessions_by_user.iter() {
+        let (k, _) = kv?;
+        // User names never contain NUL (see `check_username`).
+        let Some(nul) = k.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        if k.len() - nul - 1 == 32 {
+            store
+                .sessions_by_user
+                .insert(&k[..nul + 1 + HASH_LEN], &[])?;
+            store.sessions_by_user.remove(&k)?;
+        }
+    }
+    store.meta.insert(KEYS_UPGRADED, &[])?;
+    store.db.flush()?;
+    if moved > 0 {
+        tracing::info!(
+            sessions = moved,
+            "session keys rewritten to the 16-byte format"
+        );
+    }
+    Ok(moved)
 }
 
 impl SessionStore for Store {
@@ -247,9 +319,7 @@ impl SessionStore for Store {
         let mut out = Vec::new();
         for kv in self.sessions_by_user.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            if k.len() == prefix.len() + 32 {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&k[prefix.len()..]);
+            if let Ok(h) = SessionHash::try_from(&k[prefix.len()..]) {
                 // A session swept meanwhile leaves an index entry behind;
                 // only sessions that were still there count as ended.
                 if self.sessions.remove(h)?.is_some() {
@@ -270,11 +340,9 @@ impl SessionStore for Store {
                 prefix.push(0);
                 for kv in self.sessions_by_user.scan_prefix(&prefix) {
                     let (k, _) = kv?;
-                    if k.len() != prefix.len() + 32 {
+                    let Ok(h) = SessionHash::try_from(&k[prefix.len()..]) else {
                         continue;
-                    }
-                    let mut h = [0u8; 32];
-                    h.copy_from_slice(&k[prefix.len()..]);
+                    };
                     if let Some(r) = SessionStore::get(self, &h)? {
                         out.push((h, r));
                     }
@@ -283,9 +351,7 @@ impl SessionStore for Store {
             None => {
                 for kv in self.sessions.iter() {
                     let (k, v) = kv?;
-                    if k.len() == 32 {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(&k);
+                    if let Ok(h) = SessionHash::try_from(k.as_ref()) {
                         out.push((h, decode(&v)?));
                     }
                 }
@@ -332,7 +398,7 @@ impl SessionStore for Store {
 pub struct Live {
     pub hash: SessionHash,
     /// A boxed `str`, not a `String`: with the creation time left in the
-    /// store, a cached session fits mimalloc's 96-byte class (not 112).
+    /// store, a cached session fits mimalloc's 80-byte class.
     pub user: Box<str>,
     pub expires: u64,
     last_seen: AtomicU64,
@@ -370,10 +436,9 @@ impl Live {
 const SHARDS: usize = 16;
 
 /// The cache is keyed by eight bytes of the [`SessionHash`] rather than all
-/// 32: the hashes are SHA-256 outputs, already uniform, and no client can
+/// 16: the hashes are SHA-256 outputs, already uniform, and no client can
 /// choose them (that would take a preimage), so the short key needs no
-/// further hashing, and each entry is 16 bytes instead of 40 (a cache of
-/// 100k sessions is 3 MiB smaller). The full hash is kept in [`Live`] and
+/// further hashing, and each entry is 16 bytes instead of 24. The full hash is kept in [`Live`] and
 /// compared on every hit; two sessions that share the eight bytes only
 /// take turns in the cache.
 fn cache_key(h: &SessionHash) -> u64 {
@@ -705,7 +770,7 @@ mod tests {
 
     #[test]
     fn the_cold_path_reads_what_a_full_decode_reads() {
-        let h = [9u8; 32];
+        let h = [9u8; HASH_LEN];
         let r = SessionRecord {
             user: "ann".into(),
             created: 1,
@@ -727,10 +792,10 @@ mod tests {
 
     #[test]
     fn a_cached_session_stays_small() {
-        // With the Arc's two counters this is mimalloc's 96-byte class;
+        // With the Arc's two counters this is mimalloc's 80-byte class;
         // 100k cached sessions are measured by the bench (scenario 8).
         assert!(
-            std::mem::size_of::<Live>() <= 80,
+            std::mem::size_of::<Live>() <= 64,
             "{}",
             std::mem::size_of::<Live>()
         );
@@ -752,7 +817,7 @@ mod tests {
             remember: false,
         };
         // Same bytes 8..16 (the cache key), different hashes.
-        let (mut a, mut b) = ([1u8; 32], [1u8; 32]);
+        let (mut a, mut b) = ([1u8; HASH_LEN], [1u8; HASH_LEN]);
         a[0] = 0xa0;
         b[0] = 0xb0;
         assert_eq!(cache_key(&a), cache_key(&b));
@@ -842,14 +907,89 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         store
             .sessions
-            .insert([7u8; 32], &b"\xffnot a record"[..])
+            .insert([7u8; HASH_LEN], &b"\xffnot a record"[..])
             .unwrap();
         let s = sessions(&store, Duration::from_millis(50));
         s.create("amy", "", "", false).unwrap();
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(s.sweep().unwrap(), 1);
         // The unreadable one is left alone; looking it up fails closed.
-        assert!(s.lookup(&[7u8; 32]).is_err());
+        assert!(s.lookup(&[7u8; HASH_LEN]).is_err());
+    }
+
+    #[test]
+    fn a_store_with_the_old_32_byte_keys_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = unix_millis();
+        let rec = |user: &str| SessionRecord {
+            user: user.into(),
+            created: now,
+            last_seen: now,
+            expires: now + 60_000,
+            ip: String::new(),
+            user_agent: String::new(),
+            remember: false,
+        };
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
+        let owners = ["ann", "ann", "bob"];
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            // Written as an older version did: all of SHA-256, no marker.
+            store.meta.remove(KEYS_UPGRADED).unwrap();
+            for (id, who) in ids.iter().zip(owners) {
+                let full: [u8; 32] = Sha256::digest(id.0).into();
+                store
+                    .sessions
+                    .insert(full, encode(&rec(who)).unwrap())
+                    .unwrap();
+                let mut k = who.as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&full);
+                store.sessions_by_user.insert(k, &[]).unwrap();
+            }
+            // An upgrade interrupted after the first one's new key.
+            store
+                .sessions
+                .insert(ids[0].hash(), encode(&rec("ann")).unwrap())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        for k in store.sessions.iter().keys() {
+            assert_eq!(k.unwrap().len(), HASH_LEN);
+        }
+        assert_eq!(SessionStore::len(&store), 3);
+        let s = sessions(&store, Duration::from_secs(60));
+        for (id, who) in ids.iter().zip(owners) {
+            match s.lookup(&id.hash()).unwrap() {
+                Lookup::Valid(l) => assert_eq!(&*l.user, who),
+                _ => panic!("{who}'s old session should still be valid"),
+            }
+        }
+        // The per-user index moved too: ending ann's sessions ends both.
+        assert_eq!(s.revoke_user("ann").unwrap(), 2);
+        assert!(matches!(
+            s.lookup(&ids[2].hash()).unwrap(),
+            Lookup::Valid(_)
+        ));
+        assert_eq!(store.sessions_by_user.len(), 1);
+        drop(s);
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(SessionStore::len(&store), 1);
+        assert_eq!(store.sessions_by_user.len(), 1);
+    }
+
+    #[test]
+    fn old_and_new_listing_ids_name_the_same_session() {
+        let id = SessionId::generate();
+        let full: [u8; 32] = Sha256::digest(id.0).into();
+        assert_eq!(parse_hash_hex(&hex::encode(full)), Some(id.hash()));
+        assert_eq!(parse_hash_hex(&hex::encode(id.hash())), Some(id.hash()));
+        for bad in ["", "abc", &hex::encode(full)[..40], &"zz".repeat(16)] {
+            assert_eq!(parse_hash_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -58,13 +58,16 @@ impl Store {
                 }
                 other => StoreError::Sled(other),
             })?;
-        Ok(Store {
+        let store = Store {
             users: db.open_tree("users")?,
             sessions: db.open_tree("sessions")?,
             sessions_by_user: db.open_tree("sessions_by_user")?,
             meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        // Older layouts are brought up to date before anyone reads them.
+        crate::session::upgrade_keys(&store)?;
+        Ok(store)
     }
 
     /// A secret kept in the store, created on first use (CSRF signing key).

@@ -898,10 +898,9 @@ impl Endpoint<'_> {
             ),
             Body::Form(f) => (f.get("session").cloned().unwrap_or_default(), false),
         };
-        let mut h = [0u8; 32];
-        if hex::decode_to_slice(&id, &mut h).is_err() {
+        let Some(h) = crate::session::parse_hash_hex(&id) else {
             return Reply::error_json(400, "invalid_session_id");
-        }
+        };
         let owner = user.key();
         let res = app
             .blocking(move |app| match app.sessions.store().get(&h)? {
