@@ -230,17 +230,35 @@ pub fn cookie_values<'a>(
 /// Every `name=value` pair of every `Cookie` header, split by
 /// [`cookie_pair`].
 fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(cookie_pair)
+    cookie_pieces(headers).map(cookie_pair)
+}
+
+/// Every `;`-separated piece of every `Cookie` header, untrimmed. Split
+/// with `memchr`, which reads a word at a time: this runs on every request,
+/// once to authenticate and once to scrub our cookies before forwarding.
+fn cookie_pieces(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(http::header::COOKIE).iter().flat_map(|v| {
+        let mut rest = Some(v.as_bytes());
+        std::iter::from_fn(move || {
+            let r = rest?;
+            Some(match memchr::memchr(b';', r) {
+                Some(i) => {
+                    rest = Some(&r[i + 1..]);
+                    &r[..i]
+                }
+                None => {
+                    rest = None;
+                    r
+                }
+            })
+        })
+    })
 }
 
 /// One `name=value` piece of a `Cookie` header, both sides trimmed (a
 /// piece without `=` is a name with an empty value).
 fn cookie_pair(pair: &[u8]) -> (&[u8], &[u8]) {
-    match pair.iter().position(|b| *b == b'=') {
+    match memchr::memchr(b'=', pair) {
         Some(eq) => (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()),
         None => (pair.trim_ascii(), &b""[..]),
     }
@@ -252,17 +270,15 @@ fn cookie_pair(pair: &[u8]) -> (&[u8], &[u8]) {
 fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<HeaderValue>> {
     let mut touched = false;
     let mut kept: Vec<u8> = Vec::new();
-    for v in headers.get_all(http::header::COOKIE) {
-        for pair in v.as_bytes().split(|b| *b == b';') {
-            let (name, _) = cookie_pair(pair);
-            if ours.iter().any(|o| o.as_bytes() == name) {
-                touched = true;
-            } else if !pair.trim_ascii().is_empty() {
-                if !kept.is_empty() {
-                    kept.extend_from_slice(b"; ");
-                }
-                kept.extend_from_slice(pair.trim_ascii());
+    for pair in cookie_pieces(headers) {
+        let (name, _) = cookie_pair(pair);
+        if ours.iter().any(|o| o.as_bytes() == name) {
+            touched = true;
+        } else if !pair.trim_ascii().is_empty() {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
             }
+            kept.extend_from_slice(pair.trim_ascii());
         }
     }
     if !touched {

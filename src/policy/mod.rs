@@ -177,7 +177,10 @@ struct RuleIndex {
     /// How many rules it was built for; rules changed afterwards (by hand,
     /// in tests) make [`Policy::decide`] walk the list instead.
     built_for: usize,
-    by_first: HashMap<Box<str>, Vec<u32>>,
+    /// foldhash, not SipHash: the keys come from the policy file, so a
+    /// client's path can only look a key up, not crowd a bucket, and the
+    /// lookup runs on every request.
+    by_first: HashMap<Box<str>, Vec<u32>, foldhash::fast::RandomState>,
     /// Rules with a path whose first segment is `*`, or that has none
     /// (`/`, `/**`): they can match any first segment.
     any_first: Vec<u32>,
