@@ -2516,6 +2516,17 @@ async fn scenarios(
         let flood_thread = std::thread::Builder::new()
             .name("bench-flood".into())
             .spawn(move || -> anyhow::Result<Stats> {
+                // The attackers' machines are not the client's: on the
+                // shared load-side CPU the flood generator yields to the
+                // measured client and the upstream at once. At their
+                // priority it ran in 5–7 ms bursts that held back the
+                // signed-in requests themselves (`perf sched timehist`),
+                // and the p99 compared measured that instead of the
+                // gateway. It still gets all the idle time it needs: the
+                // flood's rate and statuses are in the report.
+                // SAFETY: a plain system call on the calling thread.
+                let param = libc::sched_param { sched_priority: 0 };
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -2530,7 +2541,7 @@ async fn scenarios(
         ratios.push(d.p_us(0.99) / b.p_us(0.99));
         slices.push(
             json!({ "baseline_p99_us": round1(b.p_us(0.99)), "during_p99_us": round1(d.p_us(0.99)),
-                            "flood_statuses": f.json()["statuses"].clone() }),
+                            "flood_rate_per_s": round1(f.rate()), "flood_statuses": f.json()["statuses"].clone() }),
         );
         for (all, st) in [(&mut base, b), (&mut during, d), (&mut flood_st, f)] {
             let elapsed = all.elapsed + st.elapsed;
