@@ -24,6 +24,7 @@ pub mod password_rules;
 pub mod passwords;
 pub mod policy;
 pub mod redirect;
+pub mod sched;
 pub mod server;
 pub mod session;
 pub mod store;

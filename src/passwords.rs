@@ -143,25 +143,6 @@ pub struct HashPool {
     timing: Option<prometheus::Histogram>,
 }
 
-/// How much nicer than the proxy the hashing threads are, where
-/// `SCHED_IDLE` is not available.
-const HASH_NICENESS: i32 = 10;
-
-/// Puts the calling hashing thread below every request-serving thread:
-/// `SCHED_IDLE` runs it only on CPU time nothing else wants and lets a
-/// waking proxy thread preempt it at once (a nice value alone still let a
-/// hash hold the CPU for a scheduler slice, a few ms of tail latency).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
-        }
-    }
-}
-
 impl HashPool {
     pub fn new(workers: usize, queue: usize) -> Self {
         let workers = workers.max(1);
@@ -173,7 +154,7 @@ impl HashPool {
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
                     // Linux applies a thread's nice value per thread (tid).
-                    lower_priority();
+                    crate::sched::lower_this_thread();
                     loop {
                         let job = match rx.lock() {
                             Ok(guard) => guard.recv(),
