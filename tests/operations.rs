@@ -41,9 +41,82 @@ fn metrics_list_the_series_and_count_logins() {
         "portcullis_responses_total{status=\"401\"}",
         "portcullis_access_log_dropped_total 0",
         "portcullis_audit_dropped_total 0",
+        // Both logins ran one argon2 check each on the pool.
+        "portcullis_password_check_seconds_count 2",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
+}
+
+/// A store written by a version that keyed sessions by all 32 bytes of
+/// SHA-256: after the upgrade its users stay signed in, and a session id
+/// that version listed still revokes its session.
+#[test]
+fn sessions_survive_the_upgrade_to_16_byte_keys() {
+    use sha2::{Digest, Sha256};
+    let mut gw = Gw::start();
+    gw.add_user("olga", PW, &[], false);
+    let cookies: Vec<String> = (0..2)
+        .map(|_| session_cookie(&gw.post_login("olga", PW)))
+        .collect();
+    gw.stop();
+    // Rewrite the store as the older version had it.
+    let mut old_ids = Vec::new();
+    {
+        let store = portcullis::store::Store::open(&gw.path("data"), 1 << 20).unwrap();
+        store.meta.remove("session_keys:16").unwrap();
+        for c in &cookies {
+            let value = c.split_once('=').unwrap().1;
+            let id = portcullis::session::SessionId::from_cookie_value(value).unwrap();
+            let full: [u8; 32] = Sha256::digest(id.0).into();
+            let record = store.sessions.remove(id.hash()).unwrap().unwrap();
+            store.sessions.insert(full, record).unwrap();
+            let mut new_key = b"olga\0".to_vec();
+            new_key.extend_from_slice(&id.hash());
+            store.sessions_by_user.remove(new_key).unwrap().unwrap();
+            let mut old_key = b"olga\0".to_vec();
+            old_key.extend_from_slice(&full);
+            store.sessions_by_user.insert(old_key, &[]).unwrap();
+            old_ids.push(hex::encode(full));
+        }
+        store.flush().unwrap();
+    }
+    gw.restart();
+    assert!(
+        gw.log().contains("session keys rewritten") && gw.log().contains("sessions=2"),
+        "{}",
+        gw.log()
+    );
+    let get = |cookie: &str| {
+        gw.client()
+            .get(gw.url("/anything"))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+    };
+    for c in &cookies {
+        let r = get(c);
+        assert_eq!(r.status(), 200, "still signed in after the upgrade");
+        assert_eq!(
+            Seen::from(r).header("x-forwarded-user").as_deref(),
+            Some("olga")
+        );
+    }
+    // Listings now show 32 hex characters; the old 64 still revoke.
+    let (code, out, err) = gw.cli(&["session", "list", "--user", "olga", "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|s| s["id"].as_str().unwrap().len() == 32));
+    let (code, out, err) = gw.cli(&["session", "revoke", &old_ids[0]], None);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(get(&cookies[0]).status(), 401);
+    assert_eq!(get(&cookies[1]).status(), 200);
+    // Ending all of olga's sessions finds the other through the rewritten
+    // per-user index.
+    let (code, _, err) = gw.cli(&["session", "revoke", "--user", "olga"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(get(&cookies[1]).status(), 401);
 }
 
 #[test]
