@@ -117,6 +117,29 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
         return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static(""));
     };
     let mut buf = [0u8; 15];
+    let n = ipv4_digits(v4, &mut buf);
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Appends an address as text, IPv4 without the formatter (see
+/// [`ip_value`]); for the access log.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let n = ipv4_digits(v4, &mut buf);
+            // Digits and dots only.
+            out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// Writes `a.b.c.d` into `buf`; returns its length.
+fn ipv4_digits(v4: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> usize {
     let mut n = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
@@ -134,7 +157,7 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
         buf[n] = b'0' + octet % 10;
         n += 1;
     }
-    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
+    n
 }
 
 /// Users whose identity headers are kept ready; past this the cache starts
