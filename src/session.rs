@@ -2,9 +2,10 @@
 //!
 //! The cookie carries a 256-bit random id; the store keys the session by
 //! the first 128 bits of the SHA-256 of that id, so a copy of the database
-//! holds no usable cookie. Hot sessions are served from a bounded in-memory cache; the
-//! last-seen time is kept in memory and written back only when it has moved
-//! by a coalescing interval, so ordinary requests never write to disk.
+//! holds no usable cookie. Hot sessions are served from a bounded in-memory
+//! cache; the last-seen time is kept in memory and written back only when
+//! it has moved by a coalescing interval, so ordinary requests never write
+//! to disk.
 //! Revocations remove from cache and store and flush before answering.
 
 use std::collections::HashMap;
