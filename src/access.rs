@@ -274,21 +274,10 @@ fn push_micros(out: &mut String, micros: u32) {
 
 /// The rule's label (its name, or `file:line`) in quotes, or `"-"`.
 fn rule(out: &mut String, r: Option<&Rule>, escape: fn(&mut String, &str)) {
-    let Some(r) = r else {
-        out.push_str("\"-\"");
-        return;
-    };
-    out.push('"');
-    match &r.name {
-        Some(n) => escape(out, n),
-        None => {
-            let file = r.origin.file.file_name().unwrap_or_default();
-            escape(out, &file.to_string_lossy());
-            out.push(':');
-            out.push_str(itoa::Buffer::new().format(r.origin.line));
-        }
+    match r {
+        Some(r) => quoted(out, r.label(), escape),
+        None => out.push_str("\"-\""),
     }
-    out.push('"');
 }
 
 /// Like [`quoted`], for a value written through `Display` (no string built).

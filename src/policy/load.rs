@@ -459,6 +459,7 @@ fn compile_rule(
     };
     let name = raw.name.map(|n| n.into_inner());
     ok.then_some(Rule {
+        label: Rule::make_label(name.as_deref(), &origin),
         name,
         origin,
         hosts,
@@ -655,7 +656,7 @@ pub fn run_tests(policy: &Policy) -> Vec<TestResult> {
                 passed: t.expect.matches(d.outcome),
                 expected: t.expect,
                 got: d.outcome,
-                rule: d.rule.map(|r| r.label()),
+                rule: d.rule.map(|r| r.label().to_string()),
             }
         })
         .collect()

@@ -67,6 +67,7 @@ impl fmt::Display for Origin {
 pub struct Rule {
     pub name: Option<String>,
     pub origin: Origin,
+    label: Box<str>,
     pub hosts: Vec<HostPattern>,
     pub paths: Vec<PathPattern>,
     pub methods: MethodSet,
@@ -74,26 +75,21 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The name for logs: the rule's own, or `file:line`.
-    pub fn label(&self) -> String {
-        self.label_display().to_string()
+    /// The name for logs and reports: the rule's own, or `file:line`.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
-    /// [`Rule::label`] without building a string (for the access log).
-    pub fn label_display(&self) -> impl std::fmt::Display + '_ {
-        struct Label<'a>(&'a Rule);
-        impl std::fmt::Display for Label<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                match &self.0.name {
-                    Some(n) => f.write_str(n),
-                    None => {
-                        let file = self.0.origin.file.file_name().unwrap_or_default();
-                        write!(f, "{}:{}", file.to_string_lossy(), self.0.origin.line)
-                    }
-                }
+    /// What [`Rule::label`] returns, worked out once when the policy is
+    /// compiled (the access log writes it on every request).
+    pub(crate) fn make_label(name: Option<&str>, origin: &Origin) -> Box<str> {
+        match name {
+            Some(n) => n.into(),
+            None => {
+                let file = origin.file.file_name().unwrap_or_default();
+                format!("{}:{}", file.to_string_lossy(), origin.line).into()
             }
         }
-        Label(self)
     }
 
     /// `method` is [`MethodSet::bit`] of the request's method, worked out
