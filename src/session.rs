@@ -439,9 +439,9 @@ const SHARDS: usize = 16;
 /// The cache is keyed by eight bytes of the [`SessionHash`] rather than all
 /// 16: the hashes are SHA-256 outputs, already uniform, and no client can
 /// choose them (that would take a preimage), so the short key needs no
-/// further hashing, and each entry is 16 bytes instead of 24. The full hash is kept in [`Live`] and
-/// compared on every hit; two sessions that share the eight bytes only
-/// take turns in the cache.
+/// further hashing, and each entry is 16 bytes instead of 24. The full
+/// hash is kept in [`Live`] and compared on every hit; two sessions that
+/// share the eight bytes only take turns in the cache.
 fn cache_key(h: &SessionHash) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&h[8..16]);
@@ -750,6 +750,19 @@ mod tests {
         Sessions::new(Arc::new(store.clone()), idle, Duration::from_secs(600), 100)
     }
 
+    /// A record of `user` seen at `now`, expiring a minute later.
+    fn live_record(user: &str, now: u64) -> SessionRecord {
+        SessionRecord {
+            user: user.into(),
+            created: now,
+            last_seen: now,
+            expires: now + 60_000,
+            ip: String::new(),
+            user_agent: String::new(),
+            remember: false,
+        }
+    }
+
     #[test]
     fn records_round_trip_and_old_json_still_reads() {
         let r = SessionRecord {
@@ -808,15 +821,7 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let s = sessions(&store, Duration::from_secs(60));
         let now = unix_millis();
-        let rec = |user: &str| SessionRecord {
-            user: user.into(),
-            created: now,
-            last_seen: now,
-            expires: now + 60_000,
-            ip: String::new(),
-            user_agent: String::new(),
-            remember: false,
-        };
+        let rec = |user: &str| live_record(user, now);
         // Same bytes 8..16 (the cache key), different hashes.
         let (mut a, mut b) = ([1u8; HASH_LEN], [1u8; HASH_LEN]);
         a[0] = 0xa0;
@@ -922,15 +927,7 @@ mod tests {
     fn a_store_with_the_old_32_byte_keys_is_upgraded_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let now = unix_millis();
-        let rec = |user: &str| SessionRecord {
-            user: user.into(),
-            created: now,
-            last_seen: now,
-            expires: now + 60_000,
-            ip: String::new(),
-            user_agent: String::new(),
-            remember: false,
-        };
+        let rec = |user: &str| live_record(user, now);
         let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
         let owners = ["ann", "ann", "bob"];
         {
