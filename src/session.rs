@@ -750,6 +750,18 @@ mod tests {
         Sessions::new(Arc::new(store.clone()), idle, Duration::from_secs(600), 100)
     }
 
+    /// Opens the store at `dir` again after a `Store` there was dropped:
+    /// sled's background flusher lets go of the file lock a moment later.
+    fn reopen(dir: &std::path::Path) -> Store {
+        for _ in 0..200 {
+            match Store::open(dir, 1 << 20) {
+                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(25)),
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store at {} stayed locked", dir.display());
+    }
+
     /// A record of `user` seen at `now`, expiring a minute later.
     fn live_record(user: &str, now: u64) -> SessionRecord {
         SessionRecord {
@@ -952,7 +964,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path());
         for k in store.sessions.iter().keys() {
             assert_eq!(k.unwrap().len(), HASH_LEN);
         }
@@ -974,7 +986,7 @@ mod tests {
         drop(s);
         drop(store);
         // Opening again changes nothing.
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(SessionStore::len(&store), 1);
         assert_eq!(store.sessions_by_user.len(), 1);
     }
