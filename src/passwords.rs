@@ -214,8 +214,10 @@ impl HashPool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let timing = self.timing.clone();
         let job: Job = Box::new(move || {
+            crate::sched::hashing();
             let started = std::time::Instant::now();
             let out = f();
+            crate::sched::hashing();
             if let Some(h) = timing {
                 h.observe(started.elapsed().as_secs_f64());
             }

@@ -5,16 +5,36 @@
 //! `SCHED_IDLE`. That is not quite enough on a CPU the hash shares with a
 //! busy proxy thread: the Linux scheduler (EEVDF) still hands an
 //! idle-policy thread the CPU at a timer tick once the proxy thread has
-//! used its slice, and takes it back only at the next tick (4 ms at
-//! `HZ=250`). Asking for a 20 ms slice for the proxy threads
-//! (`sched_setattr`) stopped that in the pinned benchmark, but cost about
-//! 7 % of throughput under `wrk` when the gateway, the app and the client
-//! share the CPUs, the common case, so it was taken out again
-//! (docs/BENCHMARKS.md).
+//! used its slice (about 3 ms), and takes it back only at the next tick
+//! (4 ms at `HZ=250`); a `perf sched` trace of a login flood showed exactly
+//! that. So while passwords are being checked, and for a second after,
+//! proxy threads ask for a 20 ms slice (`sched_setattr`), long enough to
+//! drain a burst of requests before a tick can hand the CPU over.
+//!
+//! Only then: a long slice kept all the time cost about 7 % of throughput
+//! under `wrk` when the gateway, the app and the client share the CPUs
+//! (the proxy threads held the CPUs the app and client were waiting for),
+//! see docs/BENCHMARKS.md.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much nicer than the proxy the hashing threads are, where
 /// `SCHED_IDLE` is not available.
 const HASH_NICENESS: i32 = 10;
+
+/// The slice a proxy thread asks for while passwords are being checked;
+/// the kernel accepts 0.1–100 ms.
+const PROXY_SLICE_NS: u64 = 20_000_000;
+
+/// How long after the last check the proxy threads keep the long slice,
+/// so steady logins do not flip it back and forth.
+const HOLD_MS: u64 = 1_000;
+
+/// Wall-clock milliseconds until which proxy threads should keep the long
+/// slice; 0 when no check has run lately (the common case costs the proxy
+/// one atomic load per request).
+static LONG_SLICE_UNTIL: AtomicU64 = AtomicU64::new(0);
 
 /// Puts the calling hashing thread below every request-serving thread:
 /// `SCHED_IDLE` runs it only on CPU time nothing else wants and lets a
@@ -32,9 +52,123 @@ pub fn lower_this_thread() {
     }
 }
 
+/// Called by a hashing thread as it starts and as it finishes a check.
+pub fn hashing() {
+    LONG_SLICE_UNTIL.store(
+        crate::clock::unix_millis_coarse() + HOLD_MS,
+        Ordering::Relaxed,
+    );
+}
+
+thread_local! {
+    /// Whether this proxy thread holds the long slice now.
+    static LONG_SLICE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called for every request on a proxy thread: takes the long slice while
+/// checks run and gives it back a second after the last one. Best effort:
+/// kernels before 6.12 ignore the slice, and a refusal changes nothing
+/// else.
+#[inline]
+pub fn proxy_thread() {
+    let until = LONG_SLICE_UNTIL.load(Ordering::Relaxed);
+    LONG_SLICE.with(|held| {
+        if until == 0 && !held.get() {
+            return;
+        }
+        let want = until != 0 && crate::clock::unix_millis_coarse() < until;
+        if want != held.get() {
+            held.set(want);
+            #[cfg(target_os = "linux")]
+            set_slice(if want { PROXY_SLICE_NS } else { 0 });
+        }
+        if !want && until != 0 {
+            // Back to the one-load fast path, unless a check began since.
+            let _ =
+                LONG_SLICE_UNTIL.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    });
+}
+
+/// `sched_setattr` keeping the thread's policy (`SCHED_OTHER`) and nice
+/// value and setting only its slice (`sched_runtime`; 0 is the kernel's
+/// default).
+#[cfg(target_os = "linux")]
+fn set_slice(ns: u64) {
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    // SAFETY: plain system calls on the calling thread, with a correctly
+    // sized `sched_attr` (the 48-byte first version).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() != 0 || libc::sched_getscheduler(0) != libc::SCHED_OTHER {
+            return;
+        }
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: libc::SCHED_OTHER as u32,
+            flags: 0,
+            nice,
+            priority: 0,
+            runtime: ns,
+            deadline: 0,
+            period: 0,
+        };
+        libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0);
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// The slice as the kernel reports it (`se.slice` in
+    /// `/proc/thread-self/sched`, in ns), if this kernel shows it.
+    fn slice_ns() -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        s.lines()
+            .find(|l| l.starts_with("se.slice"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn the_long_slice_is_taken_and_given_back_keeping_policy_and_nice() {
+        std::thread::spawn(|| {
+            let Some(default) = slice_ns() else {
+                eprintln!("this kernel does not show its slices");
+                return;
+            };
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            set_slice(PROXY_SLICE_NS);
+            let during = slice_ns();
+            assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, nice);
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+            set_slice(0);
+            assert_eq!(slice_ns(), Some(default), "given back");
+            // Kernels without custom slices (before 6.12) keep their own.
+            assert!(
+                during == Some(PROXY_SLICE_NS) || during == Some(default),
+                "{during:?}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_hash_thread_runs_at_idle_priority() {

@@ -281,6 +281,69 @@ fn open_files_limits(pid: u32) -> (String, String) {
     (f.next().unwrap().into(), f.next().unwrap().into())
 }
 
+/// The scheduler slice of each of a process's threads (`se.slice` in
+/// /proc, ns); empty when the kernel does not show it.
+fn thread_slices(pid: u32) -> Vec<u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("sched")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("se.slice"))?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn proxy_threads_take_a_long_slice_only_around_password_checks() {
+    // Why: a login flood's hash threads must not take the CPU from a busy
+    // proxy thread at a timer tick (src/sched.rs).
+    const LONG: u64 = 20_000_000;
+    let gw = Gw::start();
+    let pid = gw.child.as_ref().unwrap().id();
+    gw.add_user("alice", "a-long-enough-password", &["staff"], false);
+    let anon = gw.client();
+    assert_eq!(anon.get(gw.url("/reports/1")).send().unwrap().status(), 401);
+    let before = thread_slices(pid);
+    if before.is_empty() {
+        eprintln!("this kernel does not show thread slices; nothing to check");
+        return;
+    }
+    assert!(!before.contains(&LONG), "no login yet: {before:?}");
+    let alice = gw.login("alice", "a-long-enough-password");
+    assert_eq!(
+        alice.get(gw.url("/reports/1")).send().unwrap().status(),
+        200
+    );
+    let during = thread_slices(pid);
+    // Custom slices came with Linux 6.12; older kernels ignore the request.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12) {
+        assert!(
+            during.contains(&LONG),
+            "no long slice during logins: {during:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1_300));
+    assert_eq!(
+        alice.get(gw.url("/reports/1")).send().unwrap().status(),
+        200
+    );
+    let after = thread_slices(pid);
+    assert!(!after.contains(&LONG), "kept after the hold: {after:?}");
+}
+
 #[test]
 fn the_open_files_limit_is_raised_to_what_the_system_allows() {
     // Started with the common soft limit of 1024 (the child inherits it),

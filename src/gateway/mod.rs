@@ -326,6 +326,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        crate::sched::proxy_thread();
         Ctx {
             started: crate::access::enabled().then(Instant::now),
             target: None,
