@@ -12,6 +12,13 @@ pub enum StoreError {
     Locked { path: String },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    /// Bringing an older layout up to date failed part-way; what was done
+    /// is kept and the next open carries on.
+    #[error("upgrading the sessions in {path} to the current key format failed: {source}. Nothing is lost (each session is copied before its old entry is removed): fix the cause (a full disk?) and start again to finish the upgrade")]
+    Upgrade {
+        path: String,
+        source: Box<StoreError>,
+    },
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -66,7 +73,10 @@ impl Store {
             db,
         };
         // Older layouts are brought up to date before anyone reads them.
-        crate::session::upgrade_keys(&store)?;
+        crate::session::upgrade_keys(&store).map_err(|e| StoreError::Upgrade {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
         Ok(store)
     }
 
@@ -95,5 +105,29 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_upgrade_says_where_why_and_what_to_do() {
+        let e = StoreError::Upgrade {
+            path: "/var/lib/portcullis".into(),
+            source: Box::new(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                "No space left on device",
+            )))),
+        };
+        let msg = e.to_string();
+        for part in [
+            "/var/lib/portcullis",
+            "No space left on device",
+            "Nothing is lost",
+            "start again",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
     }
 }
