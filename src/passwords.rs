@@ -155,13 +155,22 @@ impl HashPool {
                 .spawn(move || {
                     // Linux applies a thread's nice value per thread (tid).
                     crate::sched::lower_this_thread();
+                    let timer = crate::sched::CheckTimer::for_this_thread();
                     loop {
                         let job = match rx.lock() {
                             Ok(guard) => guard.recv(),
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
+                            Ok(job) => {
+                                if let Some(t) = &timer {
+                                    t.arm();
+                                }
+                                job();
+                                if let Some(t) = &timer {
+                                    t.disarm();
+                                }
+                            }
                             Err(_) => return,
                         }
                     }
