@@ -162,15 +162,7 @@ impl HashPool {
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => {
-                                if let Some(t) = &timer {
-                                    t.arm();
-                                }
-                                job();
-                                if let Some(t) = &timer {
-                                    t.disarm();
-                                }
-                            }
+                            Ok(job) => crate::sched::run_check(timer.as_ref(), job),
                             Err(_) => return,
                         }
                     }
@@ -223,10 +215,8 @@ impl HashPool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let timing = self.timing.clone();
         let job: Job = Box::new(move || {
-            crate::sched::hashing();
             let started = std::time::Instant::now();
             let out = f();
-            crate::sched::hashing();
             if let Some(h) = timing {
                 h.observe(started.elapsed().as_secs_f64());
             }

@@ -61,8 +61,23 @@ pub fn lower_this_thread() {
     }
 }
 
-/// Called by a hashing thread as it starts and as it finishes a check.
-pub fn hashing() {
+/// Runs one password check on a hashing thread: proxy threads take the
+/// long slice for its duration and [`HOLD_MS`] after, and the thread's
+/// [`CheckTimer`], if it has one, offers the CPU back meanwhile.
+pub fn run_check<T>(timer: Option<&CheckTimer>, check: impl FnOnce() -> T) -> T {
+    hashing();
+    if let Some(t) = timer {
+        t.arm();
+    }
+    let out = check();
+    if let Some(t) = timer {
+        t.disarm();
+    }
+    hashing();
+    out
+}
+
+fn hashing() {
     LONG_SLICE_UNTIL.store(
         crate::clock::unix_millis_coarse() + HOLD_MS,
         Ordering::Relaxed,
@@ -289,19 +304,24 @@ mod tests {
     }
 
     #[test]
-    fn an_armed_check_timer_offers_the_cpu_and_leaves_the_work_intact() {
+    fn a_check_offers_the_cpu_while_it_runs_and_leaves_the_work_intact() {
         std::thread::spawn(|| {
             let timer = CheckTimer::for_this_thread().expect("thread timer");
             let hash = crate::passwords::hash_blocking("correct horse").expect("hash");
             let before = OFFERS.load(Ordering::Relaxed);
-            timer.arm();
             let started = std::time::Instant::now();
-            // Checks and a sleep run through the signals unharmed.
-            assert!(crate::legacy::verify_any("correct horse", &hash));
-            assert!(!crate::legacy::verify_any("wrong horse", &hash));
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            let (right, wrong) = run_check(Some(&timer), || {
+                // Checks and a sleep run through the signals unharmed.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                (
+                    crate::legacy::verify_any("correct horse", &hash),
+                    crate::legacy::verify_any("wrong horse", &hash),
+                )
+            });
             let armed_for = started.elapsed();
-            timer.disarm();
+            assert!(right && !wrong);
+            // Proxy threads are told to hold the long slice for a while.
+            assert!(LONG_SLICE_UNTIL.load(Ordering::Relaxed) > crate::clock::unix_millis_coarse());
             let offers = OFFERS.load(Ordering::Relaxed) - before;
             // Every 0.5 ms of wall time; the thread may lose the CPU to a
             // loaded machine, and pending signals of one kind merge.
