@@ -5,17 +5,17 @@
 //! `SCHED_IDLE`. That is not quite enough on a CPU the hash shares with a
 //! busy proxy thread: the Linux scheduler (EEVDF) still hands an
 //! idle-policy thread the CPU at a timer tick once the proxy thread has
-//! used its slice (about 3 ms), and takes it back only at the next tick
-//! (4 ms at `HZ=250`); a `perf sched` trace of a login flood showed exactly
-//! that. So while passwords are being checked, and for a second after,
-//! proxy threads ask for a 20 ms slice (`sched_setattr`), long enough to
-//! drain a burst of requests before a tick can hand the CPU over.
+//! used its slice (1.4 ms by default here), and takes it back only at the
+//! next tick (4 ms at `HZ=250`); a `perf sched` trace of a login flood
+//! showed exactly that. So while passwords are being checked, and for a
+//! second after, proxy threads ask for a 20 ms slice (`sched_setattr`),
+//! long enough to drain a burst of requests before a tick can hand the CPU
+//! over.
 //!
 //! Only then: a long slice kept all the time cost about 7 % of throughput
 //! under `wrk` when the gateway, the app and the client share the CPUs
 //! (the proxy threads held the CPUs the app and client were waiting for),
 //! see docs/BENCHMARKS.md.
-
 //!
 //! The long slice stops the hand-over when the proxy thread's own slice
 //! runs out, not when another thread's wake-up cancels its protection
