@@ -302,6 +302,48 @@ fn thread_slices(pid: u32) -> Vec<u64> {
         .collect()
 }
 
+/// Whether a thread here can set its own scheduler slice (`sched_setattr`
+/// with a runtime, Linux 6.12+) and see it in /proc.
+fn custom_slices_work(ns: u64) -> bool {
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    std::thread::spawn(move || {
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: libc::SCHED_OTHER as u32,
+            flags: 0,
+            // SAFETY: reads this thread's nice value.
+            nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
+            priority: 0,
+            runtime: ns,
+            deadline: 0,
+            period: 0,
+        };
+        // SAFETY: a correctly sized sched_attr for the calling thread.
+        let set =
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+        let shown = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
+        set == 0
+            && shown
+                .lines()
+                .find(|l| l.starts_with("se.slice"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                == Some(ns)
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 #[test]
 fn proxy_threads_take_a_long_slice_only_around_password_checks() {
     // Why: a login flood's hash threads must not take the CPU from a busy
@@ -324,16 +366,15 @@ fn proxy_threads_take_a_long_slice_only_around_password_checks() {
         200
     );
     let during = thread_slices(pid);
-    // Custom slices came with Linux 6.12; older kernels ignore the request.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12) {
+    // Kernels before 6.12 ignore custom slices, and a sandbox may refuse
+    // the call: the gateway must hold one only where this process can.
+    if custom_slices_work(LONG) {
         assert!(
             during.contains(&LONG),
             "no long slice during logins: {during:?}"
         );
+    } else {
+        eprintln!("custom slices are not honoured here; only checking none lingers");
     }
     std::thread::sleep(Duration::from_millis(1_300));
     assert_eq!(
