@@ -104,7 +104,7 @@ pub fn proxy_thread() {
         if want != held.get() {
             held.set(want);
             #[cfg(target_os = "linux")]
-            set_slice(if want { PROXY_SLICE_NS } else { 0 });
+            let _ = set_slice(if want { PROXY_SLICE_NS } else { 0 });
         }
         if !want && until != 0 {
             // Back to the one-load fast path, unless a check began since.
@@ -117,8 +117,11 @@ pub fn proxy_thread() {
 /// How often a hashing thread offers the CPU back during a check.
 const OFFER_EVERY_NS: i64 = 500_000;
 
-/// Offers made so far, by every hashing thread (for tests and curiosity).
-static OFFERS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Offers made so far by this thread (const-initialised, so the signal
+    /// handler can touch it).
+    static OFFERS: Cell<u64> = const { Cell::new(0) };
+}
 
 /// A per-thread timer that makes the calling (hashing) thread offer its
 /// CPU back every [`OFFER_EVERY_NS`] while armed. Create it on the thread
@@ -145,7 +148,7 @@ extern "C" fn offer_cpu(_: libc::c_int) {
         libc::sched_yield();
         *libc::__errno_location() = errno;
     }
-    OFFERS.fetch_add(1, Ordering::Relaxed);
+    OFFERS.with(|n| n.set(n.get() + 1));
 }
 
 impl CheckTimer {
@@ -223,11 +226,43 @@ impl Drop for CheckTimer {
     }
 }
 
+/// The scheduler slice (ns) in the text of a `/proc/…/task/…/sched` file,
+/// if the kernel shows it.
+pub fn slice_in(sched_file: &str) -> Option<u64> {
+    sched_file
+        .lines()
+        .find(|l| l.starts_with("se.slice"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether this system honours the long slice (Linux 6.12+, and not
+/// refused by a sandbox): a scratch thread asks for it and reads it back.
+pub fn custom_slices_work() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        std::thread::spawn(|| {
+            set_slice(PROXY_SLICE_NS)
+                && std::fs::read_to_string("/proc/thread-self/sched")
+                    .ok()
+                    .and_then(|s| slice_in(&s))
+                    == Some(PROXY_SLICE_NS)
+        })
+        .join()
+        .unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// `sched_setattr` keeping the thread's policy (`SCHED_OTHER`) and nice
 /// value and setting only its slice (`sched_runtime`; 0 is the kernel's
-/// default).
+/// default). False when the kernel refused.
 #[cfg(target_os = "linux")]
-fn set_slice(ns: u64) {
+fn set_slice(ns: u64) -> bool {
     #[repr(C)]
     struct SchedAttr {
         size: u32,
@@ -246,7 +281,7 @@ fn set_slice(ns: u64) {
         *libc::__errno_location() = 0;
         let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
         if *libc::__errno_location() != 0 || libc::sched_getscheduler(0) != libc::SCHED_OTHER {
-            return;
+            return false;
         }
         let attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
@@ -258,7 +293,7 @@ fn set_slice(ns: u64) {
             deadline: 0,
             period: 0,
         };
-        libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0);
+        libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0
     }
 }
 
@@ -269,14 +304,7 @@ mod tests {
     /// The slice as the kernel reports it (`se.slice` in
     /// `/proc/thread-self/sched`, in ns), if this kernel shows it.
     fn slice_ns() -> Option<u64> {
-        let s = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
-        s.lines()
-            .find(|l| l.starts_with("se.slice"))?
-            .split(':')
-            .nth(1)?
-            .trim()
-            .parse()
-            .ok()
+        slice_in(&std::fs::read_to_string("/proc/thread-self/sched").ok()?)
     }
 
     #[test]
@@ -287,17 +315,18 @@ mod tests {
                 return;
             };
             let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-            set_slice(PROXY_SLICE_NS);
+            let took = set_slice(PROXY_SLICE_NS);
             let during = slice_ns();
             assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, nice);
             assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
-            set_slice(0);
+            let _ = set_slice(0);
             assert_eq!(slice_ns(), Some(default), "given back");
             // Kernels without custom slices (before 6.12) keep their own.
             assert!(
                 during == Some(PROXY_SLICE_NS) || during == Some(default),
                 "{during:?}"
             );
+            assert_eq!(custom_slices_work(), took && during == Some(PROXY_SLICE_NS));
         })
         .join()
         .unwrap();
@@ -308,7 +337,7 @@ mod tests {
         std::thread::spawn(|| {
             let timer = CheckTimer::for_this_thread().expect("thread timer");
             let hash = crate::passwords::hash_blocking("correct horse").expect("hash");
-            let before = OFFERS.load(Ordering::Relaxed);
+            let before = OFFERS.with(Cell::get);
             let started = std::time::Instant::now();
             let (right, wrong) = run_check(Some(&timer), || {
                 // Checks and a sleep run through the signals unharmed.
@@ -322,16 +351,16 @@ mod tests {
             assert!(right && !wrong);
             // Proxy threads are told to hold the long slice for a while.
             assert!(LONG_SLICE_UNTIL.load(Ordering::Relaxed) > crate::clock::unix_millis_coarse());
-            let offers = OFFERS.load(Ordering::Relaxed) - before;
+            let offers = OFFERS.with(Cell::get) - before;
             // Every 0.5 ms of wall time; the thread may lose the CPU to a
             // loaded machine, and pending signals of one kind merge.
             assert!(
                 offers >= 4,
                 "{offers} offers in {armed_for:?} with the timer armed"
             );
-            let after = OFFERS.load(Ordering::Relaxed);
+            let after = OFFERS.with(Cell::get);
             std::thread::sleep(std::time::Duration::from_millis(5));
-            assert_eq!(OFFERS.load(Ordering::Relaxed), after, "disarmed");
+            assert_eq!(OFFERS.with(Cell::get), after, "disarmed");
         })
         .join()
         .unwrap();

@@ -112,6 +112,11 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
         rules = policy.current().rules.len(),
         "portcullis is starting"
     );
+    if !crate::sched::custom_slices_work() {
+        tracing::info!(
+            "the kernel does not honour custom scheduler slices (Linux 6.12+): during a login flood, signed-in requests can wait up to a timer tick behind a password check"
+        );
+    }
     server.run(RunArgs::default());
     // Keep idle timers honest across a restart, then make it all durable.
     if let Err(e) = app.sessions.persist_all() {

@@ -290,58 +290,8 @@ fn thread_slices(pid: u32) -> Vec<u64> {
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("sched")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("se.slice"))?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .filter_map(|s| portcullis::sched::slice_in(&s))
         .collect()
-}
-
-/// Whether a thread here can set its own scheduler slice (`sched_setattr`
-/// with a runtime, Linux 6.12+) and see it in /proc.
-fn custom_slices_work(ns: u64) -> bool {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    std::thread::spawn(move || {
-        let attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: libc::SCHED_OTHER as u32,
-            flags: 0,
-            // SAFETY: reads this thread's nice value.
-            nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
-            priority: 0,
-            runtime: ns,
-            deadline: 0,
-            period: 0,
-        };
-        // SAFETY: a correctly sized sched_attr for the calling thread.
-        let set =
-            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-        let shown = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
-        set == 0
-            && shown
-                .lines()
-                .find(|l| l.starts_with("se.slice"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                == Some(ns)
-    })
-    .join()
-    .unwrap_or(false)
 }
 
 #[test]
@@ -368,7 +318,7 @@ fn proxy_threads_take_a_long_slice_only_around_password_checks() {
     let during = thread_slices(pid);
     // Kernels before 6.12 ignore custom slices, and a sandbox may refuse
     // the call: the gateway must hold one only where this process can.
-    if custom_slices_work(LONG) {
+    if portcullis::sched::custom_slices_work() {
         assert!(
             during.contains(&LONG),
             "no long slice during logins: {during:?}"
