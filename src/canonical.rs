@@ -58,6 +58,70 @@ impl Target {
     }
 }
 
+/// True if the method is spelled in upper-case letters, `-` and `_` only,
+/// the one spelling nginx accepts. HTTP methods are case-sensitive, so to
+/// the policy `post` is some other method than `POST`; but Werkzeug,
+/// Django and Rails upper-case the method before they route, so a
+/// `post` that slipped past a `methods = ["POST"]` rule would run the
+/// app's POST handler. Refusing every other spelling keeps the policy and
+/// the app reading one method.
+pub fn method_is_canonical(method: &http::Method) -> bool {
+    use http::Method as M;
+    matches!(
+        *method,
+        M::GET | M::HEAD | M::POST | M::PUT | M::PATCH | M::DELETE | M::OPTIONS | M::TRACE
+    ) || method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
+/// True if a `Host` value is a host name, an IPv4 address or a bracketed
+/// IPv6 address, with an optional numeric port. Anything else could be
+/// read as one virtual host by a host rule and as another by the app:
+/// nginx and Go's `ServeMux` serve `secure.example:abc` as
+/// `secure.example`, which a rule for that host would not see.
+pub fn host_is_valid(host: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (None, port),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (Some(&host[..i]), &host[i + 1..]),
+            None => (Some(host), &b""[..]),
+        }
+    };
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535;
+    let name_ok = name.is_none_or(|n| {
+        // A single trailing dot (an absolute name) is fine; other empty
+        // labels are not.
+        let n = n.strip_suffix(b".").unwrap_or(n);
+        !n.is_empty()
+            && n.split(|&b| b == b'.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            })
+    });
+    port_ok && name_ok
+}
+
 /// Why a request target was refused. Every variant means "answer 400".
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
@@ -449,6 +513,59 @@ const fn is_path_literal(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_upper_case_methods_pass() {
+        for m in ["GET", "POST", "DELETE", "PROPFIND", "M-SEARCH", "X_CUSTOM"] {
+            let m = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(method_is_canonical(&m), "{m}");
+        }
+        for m in ["post", "Post", "pOST", "delete", "propfind", "GET1", "G.T"] {
+            let m = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!method_is_canonical(&m), "{m}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_a_numeric_port() {
+        for h in [
+            "example.com",
+            "example.com.",
+            "Example.COM:8080",
+            "a-b_c.internal:1",
+            "localhost",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "host:",
+        ] {
+            assert!(host_is_valid(h.as_bytes()), "{h}");
+        }
+        for h in [
+            "",
+            ":80",
+            "secure.example:abc",
+            "secure.example:80x",
+            "secure.example:-1",
+            "secure.example:65536",
+            "secure.example:000080",
+            "a b",
+            "x/foo",
+            "x..",
+            ".x",
+            "a..b",
+            "user@host",
+            "host%2ecom",
+            "[::1",
+            "[::1]x",
+            "[not-v6]",
+            "[::1]:abc",
+            "a:1:2",
+            "\u{e9}xample.com",
+        ] {
+            assert!(!host_is_valid(h.as_bytes()), "{h}");
+        }
+    }
     use proptest::prelude::*;
 
     fn canon(raw: &str) -> Result<Target, TargetError> {

@@ -28,22 +28,45 @@ const OWNED_EXACT: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // Identity and client-address headers of other gateways and hosts
+    // (Google IAP, Kong, Grafana, IIS/ARR, JWT forwarders): an app moved
+    // from behind one of them may still trust them.
+    "x-goog-iap-jwt-assertion",
+    "x-id-token",
+    "x-access-token",
+    "x-jwt-assertion",
+    "x-proxy-user",
+    "x-grafana-user",
+    "client-ip",
+    "x-proxyuser-ip",
+    "x-host",
+    "x-url-scheme",
+    "front-end-https",
 ];
 
 /// Name prefixes used by other gateways and apps for identity.
 const OWNED_PREFIXES: &[&str] = &[
-    "x-forwarded-",  // oauth2-proxy, and the client-address family
-    "x-auth-",       // oauth2-proxy X-Auth-Request-*, gatekeeper X-Auth-*
-    "remote-",       // Authelia
-    "x-remote-",     // Apache-style
-    "x-pomerium-",   // Pomerium
-    "x-vouch-",      // Vouch
-    "x-token-",      // caddy-security
-    "x-webauth-",    // Grafana
-    "impersonate-",  // Kubernetes
-    "x-user",        // X-User, X-User-Id, X-Username, ...
-    "x-portcullis-", // our own namespace
-    "x-original-",   // X-Original-URL/-URI/-Host/-Forwarded-For (IIS, ingress-nginx)
+    "x-forwarded-",               // oauth2-proxy, and the client-address family
+    "x-auth-",                    // oauth2-proxy X-Auth-Request-*, gatekeeper X-Auth-*
+    "remote-",                    // Authelia
+    "x-remote-",                  // Apache-style
+    "x-pomerium-",                // Pomerium
+    "x-vouch-",                   // Vouch
+    "x-token-",                   // caddy-security
+    "x-webauth-",                 // Grafana
+    "impersonate-",               // Kubernetes
+    "x-user",                     // X-User, X-User-Id, X-Username, ...
+    "x-portcullis-",              // our own namespace
+    "x-original-",                // X-Original-URL/-URI/-Host/-Forwarded-For (IIS, ingress-nginx)
+    "x-amzn-oidc-",               // AWS ALB
+    "x-ms-client-principal",      // Azure App Service
+    "x-goog-authenticated-user-", // Google IAP
+    "cf-access-",                 // Cloudflare Access
+    "x-consumer-",                // Kong
+    "x-credential-",              // Kong
+    "x-authenticated-",           // Kong, and X-Authenticated-User
+    "oidc-claim-",                // mod_auth_openidc (OIDC_CLAIM_*)
+    "x-oidc-",                    // mod_auth_openidc behind a proxy
 ];
 
 /// A header name read the way lenient servers read it: case-insensitive,
@@ -70,13 +93,20 @@ fn fold(c: u8) -> u8 {
     }
 }
 
-/// The table behind [`IdentityHeaders::is_owned`]'s first-letter check.
-fn first_letters(extra: &[String]) -> [bool; 256] {
-    let mut t = [false; 256];
+/// The table behind [`IdentityHeaders::is_owned`]'s quick check: for each
+/// first letter (normalised), the set of second letters that start an
+/// owned name. Two letters tell `cookie`, `content-type` and `origin`
+/// apart from `cf-access-*`, `client-ip` and `oidc-claim-*`, so ordinary
+/// headers skip the full comparison.
+type Starts = [[u64; 4]; 256];
+
+fn starts(extra: &[String]) -> Box<Starts> {
+    let mut t = Box::new([[0u64; 4]; 256]);
     let names = OWNED_EXACT.iter().chain(OWNED_PREFIXES).copied();
     for n in names.chain(extra.iter().map(String::as_str)) {
-        if let Some(&b) = n.as_bytes().first() {
-            t[usize::from(fold(b))] = true;
+        if let [a, b, ..] = n.as_bytes() {
+            let (a, b) = (usize::from(fold(*a)), usize::from(fold(*b)));
+            t[a][b / 64] |= 1 << (b % 64);
         }
     }
     t
@@ -92,10 +122,10 @@ pub struct IdentityHeaders {
     fields: Vec<(String, HeaderName)>,
     /// Extra names to strip: every configured identity header.
     extra_owned: Vec<String>,
-    /// First letters (normalised) of every owned name, built-in or
-    /// configured: a header starting with any other letter is not owned,
-    /// and most ordinary headers (accept, host, user-agent) stop there.
-    owned_first: [bool; 256],
+    /// First two letters (normalised) of every owned name, built-in or
+    /// configured: a header starting any other way is not owned, and
+    /// most ordinary headers (accept, cookie, host, user-agent) stop there.
+    owned_starts: Box<Starts>,
     drop_underscore: bool,
     trusted: Vec<ipnet::IpNet>,
     /// Identity header values per user record (keyed by username; checked
@@ -215,11 +245,15 @@ impl IdentityHeaders {
         if let Some(n) = &cfg.name {
             name = vec![n.as_str()];
         }
+        // Custom fields' headers too: a client must not be able to send a
+        // value for a user who has none.
         let all: Vec<String> = user
             .iter()
             .chain(&email)
             .chain(&groups)
             .chain(&name)
+            .copied()
+            .chain(user_fields.iter().filter_map(|f| f.header.as_deref()))
             .map(|s| s.to_ascii_lowercase().replace(['_', '.'], "-"))
             .collect();
         IdentityHeaders {
@@ -231,7 +265,7 @@ impl IdentityHeaders {
                 .iter()
                 .filter_map(|f| Some((f.name.clone(), hn(f.header.as_deref()?)?)))
                 .collect(),
-            owned_first: first_letters(&all),
+            owned_starts: starts(&all),
             extra_owned: all,
             drop_underscore,
             trusted,
@@ -244,9 +278,13 @@ impl IdentityHeaders {
         if self.drop_underscore && name.contains('_') {
             return true;
         }
-        let first = name.as_bytes().first().map_or(0, |&b| fold(b));
-        if !self.owned_first[usize::from(first)] {
-            return false;
+        // A one-letter name (only a configured one could be owned) skips
+        // the quick check.
+        if let [a, b, ..] = name.as_bytes() {
+            let (a, b) = (usize::from(fold(*a)), usize::from(fold(*b)));
+            if self.owned_starts[a][b / 64] & (1 << (b % 64)) == 0 {
+                return false;
+            }
         }
         // Normalised once, then compared plainly against the (already
         // normalised) owned names.
@@ -491,6 +529,30 @@ mod tests {
             "X-Http-Method",
             "X-Method-Override",
             "X-Original-Forwarded-For",
+            "X-Amzn-Oidc-Identity",
+            "X-Amzn-Oidc-Data",
+            "X-MS-CLIENT-PRINCIPAL",
+            "X-Ms-Client-Principal-Name",
+            "X-Goog-Authenticated-User-Email",
+            "X-Goog-Iap-Jwt-Assertion",
+            "Cf-Access-Authenticated-User-Email",
+            "Cf-Access-Jwt-Assertion",
+            "X-Consumer-Username",
+            "X-Credential-Username",
+            "X-Authenticated-Userid",
+            "X-Authenticated-User",
+            "OIDC_CLAIM_email",
+            "X-Oidc-Claim-Sub",
+            "X-Proxy-User",
+            "X-Grafana-User",
+            "X-Id-Token",
+            "X-Access-Token",
+            "X-Jwt-Assertion",
+            "Client-IP",
+            "X-ProxyUser-Ip",
+            "X-Host",
+            "X-Url-Scheme",
+            "Front-End-Https",
         ] {
             assert!(h.is_owned(n), "{n}");
         }
@@ -501,9 +563,36 @@ mod tests {
             "X-Request-Id",
             "Authorization",
             "Content-Type",
+            "Origin",
+            "Cache-Control",
+            "Connection",
+            "X-Hostname-Hint",
         ] {
             assert!(!h.is_owned(n), "{n}");
         }
+    }
+
+    #[test]
+    fn custom_field_headers_are_owned_too() {
+        let cfg = HeadersConfig {
+            preset: HeaderPreset::Portcullis,
+            user: None,
+            email: None,
+            groups: None,
+            name: None,
+            preferred_username: None,
+        };
+        let field = |header: &str| crate::config::UserField {
+            name: "tenant".into(),
+            kind: crate::config::FieldType::String,
+            max_length: 64,
+            header: Some(header.into()),
+        };
+        let h = IdentityHeaders::new(&cfg, &[field("Tenant-Id"), field("Q")], false, vec![]);
+        for n in ["Tenant-Id", "tenant-id", "TENANT_ID", "tenant.id", "q", "Q"] {
+            assert!(h.is_owned(n), "{n}");
+        }
+        assert!(!h.is_owned("Tenant-Ids-Seen"));
     }
 
     #[test]

@@ -227,6 +227,15 @@ fn spoofed_identity_headers_never_reach_the_app() {
         "X-Forwarded-Proto",
         "X-Forwarded-For",
         "X-Portcullis-User",
+        "X-Amzn-Oidc-Identity",
+        "X-Ms-Client-Principal-Name",
+        "X-Goog-Authenticated-User-Email",
+        "Cf-Access-Authenticated-User-Email",
+        "X-Consumer-Username",
+        "X-Authenticated-Userid",
+        "Oidc-Claim-Email",
+        "X-Id-Token",
+        "Client-IP",
         "Custom_Header",
     ];
     let mut extra = String::new();
@@ -647,6 +656,16 @@ fn framing_attacks_do_not_smuggle_or_crash() {
         !a.contains("\"target\""),
         "smuggled request reached the app:\n{a}"
     );
+    // A list for a length: some servers read 3, others refuse it.
+    for cl in ["3, 3", "3,3", "+3", "3 3"] {
+        let a = raw(port, format!("POST /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {cl}\r\nConnection: close\r\n\r\nabc").as_bytes());
+        let s = status_of(&a);
+        assert!(
+            s == 0 || s == 400,
+            "Content-Length: {cl} answered {s}:\n{a}"
+        );
+        assert!(!a.contains("\"target\""), "{a}");
+    }
     // CONNECT is refused.
     let s = status_of(&raw(
         port,
@@ -783,5 +802,148 @@ fn the_session_cookie_never_reaches_the_app_whatever_else_the_header_holds() {
                 assert!(answer.contains("theme=dark"), "{answer}");
             }
         }
+    }
+}
+
+#[test]
+fn a_method_in_another_case_is_refused_not_matched_past_its_rule() {
+    // Werkzeug, Django and Rails upper-case the method before routing, so
+    // `post` would run the POST handler that the `methods = ["POST"]` rule
+    // guards, while the rule itself would not see a POST.
+    let gw = Gw::with(Opts {
+        policy: r#"
+[groups.staff]
+permissions = ["reports.view"]
+
+[[rule]]
+path = "/reports/export"
+methods = ["POST"]
+permissions = ["reports.export"]
+
+[[rule]]
+path = "/reports/**"
+permissions = ["reports.view"]
+
+[[rule]]
+path = "/files/**"
+methods = ["DELETE"]
+allow = "nobody"
+
+[[rule]]
+path = "/**"
+allow = "anyone"
+"#
+        .into(),
+        ..Opts::default()
+    });
+    gw.add_user("sam", PW, &["staff"], false);
+    let cookie = session_cookie(&gw.post_login("sam", PW));
+    let port = gw.port;
+    let send = |method: &str, path: &str| {
+        raw(port, format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    assert_eq!(status_of(&send("POST", "/reports/export")), 403);
+    assert_eq!(status_of(&send("GET", "/reports/export")), 200);
+    assert_eq!(status_of(&send("DELETE", "/files/1")), 403);
+    for (method, path) in [
+        ("post", "/reports/export"),
+        ("Post", "/reports/export"),
+        ("pOST", "/reports/export"),
+        ("delete", "/files/1"),
+        ("Delete", "/files/1"),
+    ] {
+        let a = send(method, path);
+        assert_eq!(status_of(&a), 400, "{method} {path}:\n{a}");
+        assert!(!a.contains("\"target\""), "reached the app:\n{a}");
+    }
+    // Extension methods in upper case still pass.
+    assert_eq!(status_of(&send("PROPFIND", "/files/1")), 200);
+}
+
+#[test]
+fn custom_field_headers_cannot_be_forged() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        extra: "[[user_fields]]\nname = \"tenant\"\nheader = \"Tenant-Id\"\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("tess", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("tess", PW));
+    for extra in [
+        String::from("Tenant-Id: victim-tenant\r\n"),
+        String::from("tenant_id: victim-tenant\r\n"),
+        String::from("TENANT.ID: victim-tenant\r\n"),
+        format!("Cookie: {cookie}\r\nTenant-Id: victim-tenant\r\n"),
+    ] {
+        let a = request(gw.port, "/public/x", &extra);
+        assert_eq!(status_of(&a), 200, "{a}");
+        assert!(
+            !a.contains("victim-tenant"),
+            "forged field reached the app:\n{a}"
+        );
+    }
+}
+
+#[test]
+fn hosts_that_the_app_could_read_differently_are_refused() {
+    // nginx and Go serve `secure.example:abc` as `secure.example`; a host
+    // rule for it must not be walked past with a port that is not one.
+    let gw = Gw::with(Opts {
+        policy: r#"
+[[rule]]
+host = "secure.example"
+path = "/**"
+allow = "nobody"
+
+[[rule]]
+path = "/**"
+allow = "anyone"
+"#
+        .into(),
+        ..Opts::default()
+    });
+    let port = gw.port;
+    let with_host = |host: &str| {
+        raw(port, format!("GET /x HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    assert_eq!(status_of(&with_host("secure.example")), 403);
+    assert_eq!(status_of(&with_host("SECURE.example:8080")), 403);
+    assert_eq!(status_of(&with_host("other.example")), 200);
+    for host in [
+        "secure.example:abc",
+        "secure.example:80x",
+        "secure.example:-1",
+        "secure.example:99999",
+        "secure.example..",
+        "secure example",
+        "x/secure.example",
+        "secure.example@other",
+        "",
+    ] {
+        let a = with_host(host);
+        assert_eq!(status_of(&a), 400, "Host: {host:?}\n{a}");
+        assert!(!a.contains("\"target\""), "reached the app:\n{a}");
+    }
+    // HTTP/1.1 requires Host; HTTP/1.0 does not.
+    let a = raw(port, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&a), 400, "{a}");
+    let a = raw(port, b"GET /x HTTP/1.0\r\nAccept: application/json\r\n\r\n");
+    assert_eq!(status_of(&a), 200, "{a}");
+}
+
+#[test]
+fn the_gateway_prefix_with_path_parameters_is_never_forwarded() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        ..Opts::default()
+    });
+    for target in [
+        "/.portcullis;x/me",
+        "/.portcullis;/health",
+        "/.PORTCULLIS;jsessionid=1/me",
+    ] {
+        let a = request(gw.port, target, "");
+        assert!(!a.contains("\"target\""), "{target} reached the app:\n{a}");
+        assert!((400..500).contains(&status_of(&a)), "{target}:\n{a}");
     }
 }

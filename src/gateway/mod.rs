@@ -209,6 +209,39 @@ fn sent_content_length(session: &Session) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
+/// Why a request cannot be read one way only, if it cannot: each of these
+/// lets the gateway and the app (or a server between them) disagree on
+/// what was asked.
+fn malformed(session: &Session) -> Option<&'static str> {
+    let req = session.req_header();
+    if !canonical::method_is_canonical(&req.method) {
+        return Some("method not in upper case");
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session) {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    // `Content-Length: 3, 3` is read as 3 by some servers and refused by
+    // others; only plain digits are passed on.
+    if req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Some("Content-Length is not a number");
+    }
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match host {
+        None if req.version >= http::Version::HTTP_11 => Some("no Host header"),
+        Some(h) if !canonical::host_is_valid(h.as_bytes()) => Some("malformed Host header"),
+        _ => None,
+    }
+}
+
 /// Values of every cookie named `name` across all `Cookie` headers. Read
 /// as bytes: a header with a stray non-ASCII byte in some other cookie
 /// still yields ours, and no header is validated as a whole first (cookie
@@ -318,7 +351,9 @@ fn strip_port(h: &str) -> &str {
 fn under_prefix(path: &str, prefix: &str) -> bool {
     path.len() >= prefix.len()
         && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-        && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/')
+        // `;` too: rules read `/.portcullis;x/me` as `/.portcullis/me`, so
+        // it is the gateway's, never the app's.
+        && (path.len() == prefix.len() || matches!(path.as_bytes()[prefix.len()], b'/' | b';'))
 }
 
 #[async_trait]
@@ -374,26 +409,10 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session)
-        {
+        if let Some(why) = malformed(session) {
             ctx.decision = "bad_request";
             app.metrics.rejected.inc();
-            self.bad_request(session, "both Content-Length and Transfer-Encoding")
-                .await?;
-            return Ok(true);
-        }
-        // Two Host headers let the gateway and the app disagree on the host.
-        if req
-            .headers
-            .get_all(http::header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            ctx.decision = "bad_request";
-            app.metrics.rejected.inc();
-            self.bad_request(session, "more than one Host header")
-                .await?;
+            self.bad_request(session, why).await?;
             return Ok(true);
         }
         let req = session.req_header();
