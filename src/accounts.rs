@@ -92,6 +92,28 @@ pub fn check_username(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// What a new username must also be, beyond [`check_username`]: in
+/// Unicode's NFKC form (as Django stores them) and in one script. Apps
+/// that fold compatibility characters or compare with accent- and
+/// case-blind collations (MySQL's `*_ai_ci`) would read `ａｌｉｃｅ`
+/// (full-width) as `alice`, and `аlice` (a Cyrillic `а`) looks like it.
+/// Existing names are left alone: this is checked only when one is made.
+pub fn check_new_username(name: &str) -> std::result::Result<(), String> {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_security::MixedScript;
+    check_username(name)?;
+    let nfkc: String = name.nfkc().collect();
+    if nfkc != name {
+        return Err(format!(
+            "write the username as {nfkc:?}: it has full-width or styled characters that apps read as plain ones"
+        ));
+    }
+    if !name.is_single_script() {
+        return Err("the username mixes scripts (such as Latin and Cyrillic letters), so it can pass for another name".into());
+    }
+    Ok(())
+}
+
 pub fn check_email(email: &str) -> std::result::Result<(), String> {
     let ok = email.len() <= 254
         && email.split_once('@').is_some_and(|(l, d)| {
@@ -209,7 +231,7 @@ impl Accounts {
     }
 
     pub fn create(&self, user: &User) -> Result<()> {
-        check_username(&user.username).map_err(StoreError::Conflict)?;
+        check_new_username(&user.username).map_err(StoreError::Conflict)?;
         self.store.create(user)?;
         self.cache.write().remove(&user.key());
         Ok(())
@@ -243,5 +265,41 @@ impl Accounts {
         let mut v = self.store.list()?;
         v.sort_by_key(|u| u.key());
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_names_are_nfkc_and_single_script() {
+        for ok in [
+            "alice",
+            "Alice.Smith+ops@example",
+            "jürgen",
+            "иван",
+            "山田_2",
+            "a-b_c",
+        ] {
+            assert_eq!(check_new_username(ok), Ok(()), "{ok}");
+        }
+        // Full-width, styled (mathematical bold) and ligature forms.
+        for (name, plain) in [
+            ("ａｌｉｃｅ", "alice"),
+            ("𝐚𝐥𝐢𝐜𝐞", "alice"),
+            ("ﬁona", "fiona"),
+        ] {
+            let e = check_new_username(name).unwrap_err();
+            assert!(e.contains(&format!("{plain:?}")), "{name}: {e}");
+        }
+        // Latin with one Cyrillic or Greek letter.
+        for name in ["аlice", "alicе", "jοhn"] {
+            let e = check_new_username(name).unwrap_err();
+            assert!(e.contains("mixes scripts"), "{name}: {e}");
+        }
+        // The old rule still applies, and existing names still pass it.
+        assert!(check_new_username("a b").is_err());
+        assert_eq!(check_username("аlice"), Ok(()));
     }
 }

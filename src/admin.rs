@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::accounts::{check_email, check_username, user_key, Accounts, User};
+use crate::accounts::{check_email, check_new_username, check_username, user_key, Accounts, User};
 use crate::audit::{Audit, Event};
 use crate::password_rules::PasswordRules;
 use crate::policy::reload::PolicyHandle;
@@ -160,7 +160,7 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
             password,
             check_rules,
         } => {
-            check_username(&name).map_err(AdminError::Invalid)?;
+            check_new_username(&name).map_err(AdminError::Invalid)?;
             if let Some(e) = &email {
                 check_email(e).map_err(AdminError::Invalid)?;
             }

@@ -219,6 +219,25 @@ fn registration_is_off_until_enabled() {
     );
     let r = gw.client().post(gw.url("/.portcullis/register")).json(&serde_json::json!({"username": "DORA", "email": "d2@example.com", "password": "another fine one"})).send().unwrap();
     assert_eq!(r.status(), 400);
+    // Look-alikes of a taken name, which apps that fold compatibility
+    // characters or compare accent-blind would read as `dora`: full-width,
+    // and with a Cyrillic `о`.
+    for lookalike in ["ｄｏｒａ", "dоra"] {
+        let r = gw
+            .client()
+            .post(gw.url("/.portcullis/register"))
+            .json(&serde_json::json!({"username": lookalike, "email": "d3@example.com", "password": "another fine one"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{lookalike}");
+    }
+    // A CLI-made user is held to the same rule.
+    let (code, _, err) = gw.cli(
+        &["user", "add", "ｄｏｒａ２", "--password-stdin"],
+        Some("a fine passphrase\n"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("\"dora2\""), "{err}");
     // Forms need the CSRF token, as login does.
     let r = gw
         .client()

@@ -779,7 +779,7 @@ impl Endpoint<'_> {
             )
             .header("retry-after", wait.as_secs().max(1).to_string());
         }
-        if let Err(m) = crate::accounts::check_username(&username) {
+        if let Err(m) = crate::accounts::check_new_username(&username) {
             return fail(400, "invalid_username", &m);
         }
         if let Err(m) = crate::accounts::check_email(&email) {
