@@ -666,6 +666,18 @@ fn framing_attacks_do_not_smuggle_or_crash() {
         );
         assert!(!a.contains("\"target\""), "{a}");
     }
+    // Codings other than chunked would reach the app as plain chunked.
+    for te in ["gzip, chunked", "chunked, chunked", "deflate", "identity"] {
+        let a = raw(port, format!("POST /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n").as_bytes());
+        let s = status_of(&a);
+        assert!(
+            s == 0 || s == 400,
+            "Transfer-Encoding: {te} answered {s}:\n{a}"
+        );
+        assert!(!a.contains("\"target\""), "{a}");
+    }
+    let a = raw(port, format!("POST /public/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n").as_bytes());
+    assert_eq!(status_of(&a), 200, "{a}");
     // CONNECT is refused.
     let s = status_of(&raw(
         port,
@@ -803,6 +815,19 @@ fn the_session_cookie_never_reaches_the_app_whatever_else_the_header_holds() {
             }
         }
     }
+    // Joined to another cookie by a comma (RFC 2965's separator, which some
+    // apps still split on): not a session here, and not passed on either.
+    let answer = request(
+        gw.port,
+        "/public/x",
+        &format!("Cookie: theme=dark, {cookie}\r\n"),
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(
+        !answer.contains(&value),
+        "the session cookie reached the app:\n{answer}"
+    );
+    assert!(answer.contains("theme=dark"), "{answer}");
 }
 
 #[test]

@@ -220,6 +220,21 @@ fn malformed(session: &Session) -> Option<&'static str> {
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session) {
         return Some("both Content-Length and Transfer-Encoding");
     }
+    // Only plain `chunked` framing is understood here: `gzip, chunked`
+    // would be forwarded as plain chunked, and the app would get
+    // compressed bytes it was not told about.
+    let mut codings = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    if let Some(first) = codings.next() {
+        if !first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some() {
+            return Some("Transfer-Encoding other than chunked");
+        }
+    }
     // `Content-Length: 3, 3` is read as 3 by some servers and refused by
     // others; only plain digits are passed on.
     if req
@@ -303,16 +318,42 @@ fn cookie_pair(pair: &[u8]) -> (&[u8], &[u8]) {
 fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<HeaderValue>> {
     let mut touched = false;
     let mut kept: Vec<u8> = Vec::new();
+    let mut is_ours = |piece: &[u8]| {
+        let (name, _) = cookie_pair(piece);
+        let ours = ours.iter().any(|o| o.as_bytes() == name);
+        touched |= ours;
+        ours
+    };
+    let mut sub: Vec<u8> = Vec::new();
     for pair in cookie_pieces(headers) {
-        let (name, _) = cookie_pair(pair);
-        if ours.iter().any(|o| o.as_bytes() == name) {
-            touched = true;
-        } else if !pair.trim_ascii().is_empty() {
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
+        let pair = pair.trim_ascii();
+        // RFC 2965 separated cookies with `,` too, and some apps still
+        // split on it: `x=1, portcullis_session=…` must not carry ours
+        // through inside another cookie's value.
+        let piece = if memchr::memchr(b',', pair).is_some() {
+            sub.clear();
+            for s in pair.split(|b| *b == b',') {
+                let s = s.trim_ascii();
+                if !s.is_empty() && !is_ours(s) {
+                    if !sub.is_empty() {
+                        sub.extend_from_slice(b", ");
+                    }
+                    sub.extend_from_slice(s);
+                }
             }
-            kept.extend_from_slice(pair.trim_ascii());
+            &sub[..]
+        } else if is_ours(pair) {
+            continue;
+        } else {
+            pair
+        };
+        if piece.is_empty() {
+            continue;
         }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(piece);
     }
     if !touched {
         return None;
@@ -789,6 +830,28 @@ mod tests {
             HeaderValue::from_static(" portcullis_session=abc ;"),
         );
         assert_eq!(scrub_cookies(&h, &["portcullis_session"]), Some(None));
+    }
+
+    #[test]
+    fn our_cookie_is_scrubbed_from_comma_separated_lists_too() {
+        let scrub = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.append("cookie", HeaderValue::from_str(v).unwrap());
+            scrub_cookies(&h, &["portcullis_session"])
+        };
+        assert_eq!(
+            scrub("x=1, portcullis_session=abc"),
+            Some(Some(HeaderValue::from_static("x=1")))
+        );
+        assert_eq!(
+            scrub("a=1; portcullis_session=x,portcullis_session=y; b=2,c=3"),
+            Some(Some(HeaderValue::from_static("a=1; b=2, c=3")))
+        );
+        assert_eq!(
+            scrub("portcullis_session=x, portcullis_session=y"),
+            Some(None)
+        );
+        assert_eq!(scrub("pref=a,b; x=1"), None);
     }
 
     #[test]
