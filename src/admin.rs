@@ -164,8 +164,10 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
             if let Some(e) = &email {
                 check_email(e).map_err(AdminError::Invalid)?;
             }
-            if password.is_empty() {
-                return Err(AdminError::Invalid("the password is empty".into()));
+            if password.trim().is_empty() {
+                return Err(AdminError::Invalid(
+                    "the password is empty or only spaces".into(),
+                ));
             }
             if check_rules {
                 crate::password_rules::validate(&password, &name, email.as_deref(), ops.rules)
@@ -187,8 +189,10 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
             Ok(user_json(&u))
         }
         Command::UserPasswd { name, password } => {
-            if password.is_empty() {
-                return Err(AdminError::Invalid("the password is empty".into()));
+            if password.trim().is_empty() {
+                return Err(AdminError::Invalid(
+                    "the password is empty or only spaces".into(),
+                ));
             }
             let hash = crate::passwords::hash_blocking(&password).map_err(AdminError::Invalid)?;
             let u = ops.accounts.modify(&name, |u| {

@@ -67,10 +67,13 @@ impl Audit {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.create(true).append(true);
+                // Failed logins' user names are often passwords typed in
+                // the wrong field: readable by the owner only, as the store.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(p)?;
                 let (tx, rx) = sync_channel::<String>(4096);
                 std::thread::Builder::new()
                     .name("audit-writer".into())

@@ -186,6 +186,17 @@ enum SessionCmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so `portcullis user list | head` would panic
+    // on its next print. One-shot commands take the usual Unix exit
+    // instead; the servers keep ignoring it (a client hanging up must not
+    // kill them).
+    #[cfg(unix)]
+    if !matches!(cli.command, Cmd::Serve | Cmd::Demo { .. }) {
+        // SAFETY: restores the default action before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -67,6 +67,8 @@ pub enum PasswordError {
     TooShort { min: usize },
     #[error("This password is too long. It must contain at most {max} {}.", characters(.max))]
     TooLong { max: usize },
+    #[error("This password is empty or only spaces.")]
+    Blank,
     #[error("This password is too common.")]
     Common,
     #[error("This password is entirely numeric.")]
@@ -83,6 +85,7 @@ impl PasswordError {
         match self {
             Self::TooShort { .. } => "password_too_short",
             Self::TooLong { .. } => "password_too_long",
+            Self::Blank => "password_blank",
             Self::Common => "password_too_common",
             Self::Numeric => "password_entirely_numeric",
             Self::TooSimilar { .. } => "password_too_similar",
@@ -119,6 +122,10 @@ pub fn validate(
     let length = password.chars().take(max.saturating_add(1)).count();
     if length > max {
         return Err(PasswordError::TooLong { max });
+    }
+    // Whatever `min_length` says: eight spaces are no secret.
+    if password.chars().all(char::is_whitespace) {
+        return Err(PasswordError::Blank);
     }
     if length < rules.min_length {
         return Err(PasswordError::TooShort {
@@ -332,7 +339,23 @@ mod tests {
     fn minimum_length() {
         assert_eq!(check("gX7#qpL"), Err(PasswordError::TooShort { min: 8 }));
         assert_eq!(check("gX7#qpLw"), Ok(()));
-        assert_eq!(check(""), Err(PasswordError::TooShort { min: 8 }));
+        assert_eq!(check(""), Err(PasswordError::Blank));
+    }
+
+    #[test]
+    fn blank_passwords_fail_whatever_the_minimum() {
+        let rules = PasswordRules {
+            min_length: 0,
+            ..PasswordRules::default()
+        };
+        for p in ["", " ", "        ", "\t \u{3000}"] {
+            assert_eq!(
+                validate(p, "u", None, &rules),
+                Err(PasswordError::Blank),
+                "{p:?}"
+            );
+        }
+        assert_eq!(validate(" q7 Zr ", "u", None, &rules), Ok(()));
     }
 
     #[test]
@@ -563,6 +586,7 @@ mod tests {
             let length = password.chars().count();
             if result.is_ok() {
                 prop_assert!(length >= min_length);
+                prop_assert!(!password.trim().is_empty());
                 prop_assert!(length <= max_length.max(64));
             }
         }

@@ -526,6 +526,19 @@ fn brute_force_is_throttled_without_locking_out_the_real_user() {
 }
 
 #[test]
+fn the_audit_file_is_readable_by_its_owner_only() {
+    // Failed logins record the name typed, often a password in the wrong field.
+    use std::os::unix::fs::PermissionsExt;
+    let gw = Gw::start();
+    assert_eq!(gw.post_login("hunter2-typed-as-name", "x").status(), 401);
+    let mode = std::fs::metadata(gw.path("audit.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "audit file mode {mode:o}");
+}
+
+#[test]
 fn unknown_disabled_and_wrong_password_look_the_same() {
     let gw = Gw::with(Opts {
         server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
@@ -971,4 +984,26 @@ fn the_gateway_prefix_with_path_parameters_is_never_forwarded() {
         assert!(!a.contains("\"target\""), "{target} reached the app:\n{a}");
         assert!((400..500).contains(&status_of(&a)), "{target}:\n{a}");
     }
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_the_clients_timeout_not_the_apps() {
+    let gw = Gw::with(Opts {
+        policy: TRAP.into(),
+        server: "client_timeout = \"1s\"".into(),
+        ..Opts::default()
+    });
+    let started = Instant::now();
+    let a = raw(
+        gw.port,
+        format!(
+            "POST /public/upload HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept: application/json\r\nContent-Length: 100\r\n\r\nabc",
+            gw.port
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status_of(&a), 408, "{a}");
+    assert!(a.contains("request_timeout"), "{a}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!gw.log().contains("upstream failed"), "{}", gw.log());
 }

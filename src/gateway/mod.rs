@@ -695,28 +695,36 @@ impl ProxyHttp for Gateway {
         e: &pingora::Error,
         ctx: &mut Ctx,
     ) -> FailToProxy {
+        use pingora::ErrorSource::Downstream;
         use pingora::ErrorType::*;
-        let code = match e.etype() {
-            HTTPStatus(c) => *c,
-            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
-            _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
-                pingora::ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 502,
-            },
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(c)) => *c,
+            // A client that stops sending its body is the client's fault,
+            // not the app's: 408, and no "upstream failed" in the log.
+            (Downstream, ReadTimedout) => 408,
+            (Downstream, WriteError | WriteTimedout | ReadError | ConnectionClosed) => 0,
+            (Downstream, _) => 400,
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout) => 504,
+            _ => 502,
         };
         if code >= 500 {
             self.app.metrics.upstream_errors.inc();
             tracing::warn!(error = %e, status = code, "upstream failed");
         }
-        if code > 0 {
+        // Once a response has started (or a connection was upgraded to a
+        // WebSocket tunnel), an error page would land inside its bytes:
+        // the connection is only closed.
+        let started = session.as_downstream().response_written().is_some();
+        if code > 0 && !started {
             let (heading, msg) = if code == 504 {
                 ("The application is taking too long", "The application behind this gateway did not answer in time. Try again in a moment.")
             } else if code >= 500 {
                 ("The application is unavailable", "The application behind this gateway cannot be reached right now. Try again in a moment.")
+            } else if code == 408 {
+                (
+                    "The request took too long",
+                    "The request did not arrive in time. Try again.",
+                )
             } else {
                 ("Bad request", "The request could not be understood.")
             };
@@ -732,7 +740,7 @@ impl ProxyHttp for Gateway {
             } else {
                 Reply::json(
                     code,
-                    &serde_json::json!({ "error": if code == 504 { "upstream_timeout" } else if code >= 500 { "upstream_unavailable" } else { "bad_request" } }),
+                    &serde_json::json!({ "error": match code { 504 => "upstream_timeout", 408 => "request_timeout", c if c >= 500 => "upstream_unavailable", _ => "bad_request" } }),
                 )
             };
             let _ = send(session, reply.hardened(self.app.cfg.server.secure)).await;
