@@ -13,6 +13,11 @@ pub struct User {
     pub username: String,
     #[serde(default)]
     pub email: Option<String>,
+    /// False for an email a user gave when registering themselves: nobody
+    /// checked it is theirs, so it is not sent to the app as identity.
+    /// Emails set by an operator (CLI, admin API, import) are vouched for.
+    #[serde(default = "vouched", skip_serializing_if = "is_vouched")]
+    pub email_verified: bool,
     #[serde(default)]
     pub first_name: String,
     #[serde(default)]
@@ -36,11 +41,20 @@ pub struct User {
     pub fields: BTreeMap<String, String>,
 }
 
+fn vouched() -> bool {
+    true
+}
+
+fn is_vouched(v: &bool) -> bool {
+    *v
+}
+
 impl User {
     pub fn new(username: &str) -> Self {
         User {
             username: username.to_string(),
             email: None,
+            email_verified: true,
             first_name: String::new(),
             last_name: String::new(),
             is_active: true,
@@ -259,6 +273,16 @@ impl Accounts {
         let r = self.store.delete(&key)?;
         self.cache.write().remove(&key);
         Ok(r)
+    }
+
+    /// True if some account already has this email (compared without case).
+    /// Reads every user: for registration, which is throttled.
+    pub fn email_in_use(&self, email: &str) -> Result<bool> {
+        Ok(self.list()?.iter().any(|u| {
+            u.email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(email))
+        }))
     }
 
     pub fn list(&self) -> Result<Vec<User>> {

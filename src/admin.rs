@@ -301,7 +301,8 @@ pub fn execute(ops: &Ops<'_>, cmd: Command) -> Result<Value, AdminError> {
                             u.email = None
                         } else {
                             check_email(&value)?;
-                            u.email = Some(value.clone())
+                            u.email = Some(value.clone());
+                            u.email_verified = true;
                         }
                     }
                     "first_name" => u.first_name = value.clone(),

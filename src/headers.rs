@@ -325,7 +325,7 @@ impl IdentityHeaders {
             }
         };
         set(&self.user, &user.username);
-        if let Some(e) = &user.email {
+        if let Some(e) = user.email.as_ref().filter(|_| user.email_verified) {
             set(&self.email, e);
         }
         if !user.groups.is_empty() {

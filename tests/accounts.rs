@@ -219,6 +219,32 @@ fn registration_is_off_until_enabled() {
     );
     let r = gw.client().post(gw.url("/.portcullis/register")).json(&serde_json::json!({"username": "DORA", "email": "d2@example.com", "password": "another fine one"})).send().unwrap();
     assert_eq!(r.status(), 400);
+    // Someone else's email, or a name shaped like one, would let this
+    // account pass for theirs in an app that looks users up by email.
+    for (name, email) in [
+        ("mallory", "DORA@example.com"),
+        ("dora@example.com", "m2@example.com"),
+    ] {
+        let r = gw
+            .client()
+            .post(gw.url("/.portcullis/register"))
+            .json(&serde_json::json!({"username": name, "email": email, "password": "another fine one"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name} {email}");
+    }
+    // A self-registered email is nobody's word: it is not sent upstream.
+    let seen = Seen::from(c.get(gw.url("/whoami")).send().unwrap());
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("dora"));
+    assert_eq!(seen.header("x-forwarded-email"), None);
+    // Once an operator sets it, it is.
+    let (code, _, err) = gw.cli(&["user", "set", "dora", "email=dora@example.com"], None);
+    assert_eq!(code, 0, "{err}");
+    let seen = Seen::from(c.get(gw.url("/whoami")).send().unwrap());
+    assert_eq!(
+        seen.header("x-forwarded-email").as_deref(),
+        Some("dora@example.com")
+    );
     // Look-alikes of a taken name, which apps that fold compatibility
     // characters or compare accent-blind would read as `dora`: full-width,
     // and with a Cyrillic `о`.

@@ -782,6 +782,15 @@ impl Endpoint<'_> {
         if let Err(m) = crate::accounts::check_new_username(&username) {
             return fail(400, "invalid_username", &m);
         }
+        // An email-shaped name would reach the app as someone's address
+        // that nobody checked.
+        if username.contains('@') {
+            return fail(
+                400,
+                "invalid_username",
+                "A username you choose may not contain @.",
+            );
+        }
         if let Err(m) = crate::accounts::check_email(&email) {
             return fail(400, "invalid_email", &m);
         }
@@ -798,18 +807,32 @@ impl Endpoint<'_> {
         };
         let mut user = User::new(&username);
         user.email = Some(email.clone());
+        user.email_verified = false;
         user.groups = app.cfg.registration.default_groups.clone();
         user.password = hash;
         let (ip, ua) = (client_ip(ctx), user_agent(session));
         let u2 = user.clone();
+        let claimed = email.clone();
         let res = app
             .blocking(move |app| {
+                // Someone else's address would let this account pass for
+                // theirs wherever the app looks users up by email.
+                if app.accounts.email_in_use(&claimed)? {
+                    return Ok(None);
+                }
                 app.accounts.create(&u2)?;
-                app.sessions.create(&u2.key(), &ip, &ua, false)
+                app.sessions.create(&u2.key(), &ip, &ua, false).map(Some)
             })
             .await;
         let (id, _live) = match res {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                return fail(
+                    400,
+                    "email_taken",
+                    "An account with that email already exists.",
+                );
+            }
             Err(crate::app::BlockingError::Store(crate::store::StoreError::Conflict(_))) => {
                 return fail(
                     400,
