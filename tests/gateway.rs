@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PW: &str = "correct horse battery";
 
@@ -642,30 +642,18 @@ fn websocket_upstream() -> std::net::SocketAddr {
     addr
 }
 
-#[test]
-fn websocket_upgrades_pass_for_allowed_requests_only() {
-    use std::io::{Read, Write};
-    let up = websocket_upstream();
-    let gw = Gw::with(Opts {
-        upstream: Some(format!("http://{up}")),
-        ..Opts::default()
-    });
-    gw.add_user("wes", PW, &[], false);
-    let r = gw.post_login("wes", PW);
-    let cookie = session_cookie(&r);
-    let handshake = |cookie: &str| {
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n",
-            gw.port
-        )
-    };
-    // Without a session: refused, never upgraded.
-    let a = raw(gw.port, handshake("").as_bytes());
-    assert_eq!(status_of(&a), 401, "{a}");
+fn ws_handshake(port: u16, path: &str, cookie: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n"
+    )
+}
 
+/// Opens a tunnel through the gateway and returns it with the `101` head.
+fn open_tunnel(gw: &Gw, path: &str, cookie: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(handshake(&format!("Cookie: {cookie}\r\n")).as_bytes())
+    s.write_all(ws_handshake(gw.port, path, &format!("Cookie: {cookie}\r\n")).as_bytes())
         .unwrap();
     let mut buf = [0u8; 4096];
     let mut got = Vec::new();
@@ -676,18 +664,132 @@ fn websocket_upgrades_pass_for_allowed_requests_only() {
     }
     let head = String::from_utf8_lossy(&got).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
+}
+
+/// Sends a message and reads its echo; `false` if the tunnel is closed.
+fn tunnel_echoes(s: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let mut echoed = Vec::new();
+    while echoed.len() < msg.len() {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => echoed.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(echoed, msg);
+    true
+}
+
+/// Keeps talking over the tunnel until it is closed; `false` if it was
+/// still carrying messages after 6 s.
+fn tunnel_closes(s: &mut std::net::TcpStream) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        if !tunnel_echoes(s, b"still-there?") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn websocket_upgrades_pass_for_allowed_requests_only() {
+    let up = websocket_upstream();
+    let gw = Gw::with(Opts {
+        upstream: Some(format!("http://{up}")),
+        ..Opts::default()
+    });
+    gw.add_user("wes", PW, &[], false);
+    let r = gw.post_login("wes", PW);
+    let cookie = session_cookie(&r);
+    // Without a session: refused, never upgraded.
+    let a = raw(gw.port, ws_handshake(gw.port, "/ws", "").as_bytes());
+    assert_eq!(status_of(&a), 401, "{a}");
+    // Nor without the group the path needs.
+    let a = raw(
+        gw.port,
+        ws_handshake(gw.port, "/admin/ws", &format!("Cookie: {cookie}\r\n")).as_bytes(),
+    );
+    assert_eq!(status_of(&a), 403, "{a}");
+
+    let (mut s, head) = open_tunnel(&gw, "/ws", &cookie);
     assert!(
         head.to_ascii_lowercase().contains("x-seen-user: wes"),
         "{head}"
     );
-    s.write_all(b"ping-frame").unwrap();
-    let mut echoed = Vec::new();
-    while echoed.len() < 10 {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        echoed.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(&echoed, b"ping-frame");
+    assert!(tunnel_echoes(&mut s, b"ping-frame"));
+    // A tunnel whose session is still good is judged again and stays open.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(tunnel_echoes(&mut s, b"ping-frame-2"));
+}
+
+#[test]
+fn a_websocket_does_not_outlive_its_session_or_its_permission() {
+    let up = websocket_upstream();
+    let gw = Gw::with(Opts {
+        upstream: Some(format!("http://{up}")),
+        ..Opts::default()
+    });
+
+    // Logging out closes the tunnels the session opened.
+    gw.add_user("wes", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("wes", PW));
+    let (mut s, _) = open_tunnel(&gw, "/ws", &cookie);
+    assert!(tunnel_echoes(&mut s, b"hello"));
+    let out = gw
+        .client()
+        .post(gw.url("/.portcullis/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert!(out.status().is_success(), "{}", out.status());
+    assert!(tunnel_closes(&mut s), "the tunnel outlived the logout");
+
+    // So does disabling the user.
+    gw.add_user("dis", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("dis", PW));
+    let (mut s, _) = open_tunnel(&gw, "/ws", &cookie);
+    assert!(tunnel_echoes(&mut s, b"hello"));
+    let (code, _, err) = gw.cli(&["user", "disable", "dis"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        tunnel_closes(&mut s),
+        "the tunnel outlived disabling its user"
+    );
+
+    // And losing the group the path needs, while the session lives on.
+    gw.add_user("stan", PW, &["staff"], false);
+    let cookie = session_cookie(&gw.post_login("stan", PW));
+    let (mut admin, _) = open_tunnel(&gw, "/admin/ws", &cookie);
+    let (mut plain, _) = open_tunnel(&gw, "/ws", &cookie);
+    assert!(tunnel_echoes(&mut admin, b"hello"));
+    let (code, _, err) = gw.cli(&["user", "group", "stan", "remove", "staff"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(tunnel_closes(&mut admin), "the tunnel outlived the group");
+    assert!(
+        tunnel_echoes(&mut plain, b"still mine"),
+        "a tunnel the user may still hold is left open"
+    );
+    let closed: Vec<_> = gw
+        .audit()
+        .into_iter()
+        .filter(|e| e["event"] == "tunnel_closed")
+        .collect();
+    assert_eq!(closed.len(), 3, "{closed:?}");
+    assert_eq!(closed[2]["reason"], "forbidden", "{closed:?}");
+    assert_eq!(closed[2]["user"], "stan", "{closed:?}");
+    // Closing a tunnel is not the app failing.
+    let log = gw.log();
+    assert!(!log.contains("upstream failed"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[test]

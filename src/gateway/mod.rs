@@ -9,9 +9,13 @@
 //! 4. **authorise** with the current policy (a pure function);
 //! 5. **forward** ([`Gateway::upstream_request_filter`]): the canonical path,
 //!    owned headers stripped, identity headers and client address set.
+//!
+//! An upgraded connection (WebSocket) is judged again while its bytes flow:
+//! see [`tunnel`].
 
 pub mod endpoints;
 pub mod reply;
+mod tunnel;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,6 +63,8 @@ pub struct Ctx {
     decision: &'static str,
     client_ip: Option<IpAddr>,
     upstream_started: Option<Instant>,
+    /// When an upgraded connection is next judged again ([`tunnel`]).
+    tunnel_next_check: u64,
 }
 
 /// What authentication found.
@@ -413,6 +419,7 @@ impl ProxyHttp for Gateway {
             decision: "none",
             client_ip: None,
             upstream_started: None,
+            tunnel_next_check: 0,
         }
     }
 
@@ -674,6 +681,26 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        self.recheck_tunnel(session, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<Duration>> {
+        self.recheck_tunnel(session, ctx).map(|()| None)
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -698,6 +725,8 @@ impl ProxyHttp for Gateway {
         use pingora::ErrorSource::Downstream;
         use pingora::ErrorType::*;
         let code = match (e.esource(), e.etype()) {
+            // We closed a tunnel whose session ended: audited already.
+            _ if ctx.decision == "tunnel_closed" => 0,
             (_, HTTPStatus(c)) => *c,
             // A client that stops sending its body is the client's fault,
             // not the app's: 408, and no "upstream failed" in the log.
@@ -754,10 +783,11 @@ impl ProxyHttp for Gateway {
     /// A client that hangs up mid-request is routine (a closed tab, a load
     /// tester stopping), not an operator's error: its access line already
     /// records the error, so Pingora's own ERROR line is skipped.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &pingora::Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &pingora::Error) -> bool {
         use pingora::ErrorType::*;
-        *e.esource() == pingora::ErrorSource::Downstream
-            && matches!(e.etype(), ConnectionClosed | ReadError | WriteError)
+        ctx.decision == "tunnel_closed"
+            || *e.esource() == pingora::ErrorSource::Downstream
+                && matches!(e.etype(), ConnectionClosed | ReadError | WriteError)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
