@@ -1025,3 +1025,48 @@ fn a_body_that_stops_arriving_is_the_clients_timeout_not_the_apps() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!gw.log().contains("upstream failed"), "{}", gw.log());
 }
+
+#[test]
+fn a_login_body_trickled_byte_by_byte_is_cut_off() {
+    use std::io::{Read, Write};
+    // Each byte arrives well inside the per-read timeout; the whole body
+    // never would. Without a deadline for the whole body, one client could
+    // hold connections open for hours (slowloris).
+    let gw = Gw::with(Opts {
+        server: "client_timeout = \"2s\"".into(),
+        ..Opts::default()
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    write!(
+        s,
+        "POST /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        gw.port
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(15) {
+        if s.write_all(b" ").is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "still reading after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&a), 408, "{a}");
+    assert!(a.contains("request_timeout"), "{a}");
+}

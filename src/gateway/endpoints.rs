@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cookie::{Cookie, SameSite};
@@ -280,7 +280,12 @@ impl Endpoint<'_> {
         if !is_json && !is_form {
             return Err(Reply::error_json(415, "unsupported_media_type"));
         }
-        let body = read_body(session, app.cfg.server.max_body_bytes).await?;
+        let body = read_body(
+            session,
+            app.cfg.server.max_body_bytes,
+            app.cfg.server.client_timeout,
+        )
+        .await?;
         if is_json {
             return serde_json::from_slice(&body)
                 .map(Body::Json)
@@ -1028,9 +1033,12 @@ fn describe_agent(ua: &str) -> String {
     format!("{browser}{os}")
 }
 
-/// Reads a request body up to `cap` bytes. Past the cap: 413, and the
-/// connection closes (the rest of the body is never read).
-async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Reply> {
+/// Reads a request body up to `cap` bytes, all of it within `deadline`.
+/// Past the cap: 413, and the connection closes (the rest of the body is
+/// never read). Past the deadline: 408. The per-read timeout alone would
+/// let a client trickle a byte just inside it, holding a connection (and
+/// a login form's worth of state) for hours.
+async fn read_body(session: &mut Session, cap: usize, deadline: Duration) -> Result<Bytes, Reply> {
     let declared = session
         .req_header()
         .headers
@@ -1055,24 +1063,32 @@ async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Reply> {
     {
         return Err(Reply::error_json(400, "bad_request"));
     }
-    let mut buf = BytesMut::new();
-    loop {
-        match session.as_downstream_mut().read_request_body().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > cap {
-                    session.as_downstream_mut().set_keepalive(None);
-                    return Err(Reply::error_json(413, "body_too_large"));
+    let read = async {
+        let mut buf = BytesMut::new();
+        loop {
+            match session.as_downstream_mut().read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > cap {
+                        return Err(Reply::error_json(413, "body_too_large"));
+                    }
+                    buf.extend_from_slice(&chunk);
                 }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => {
-                session.as_downstream_mut().set_keepalive(None);
-                return Err(Reply::error_json(400, "bad_request"));
+                Ok(None) => return Ok(buf.freeze()),
+                Err(e) if *e.etype() == pingora::ErrorType::ReadTimedout => {
+                    return Err(Reply::error_json(408, "request_timeout"));
+                }
+                Err(_) => return Err(Reply::error_json(400, "bad_request")),
             }
         }
+    };
+    let res = match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Reply::error_json(408, "request_timeout")),
+    };
+    if res.is_err() {
+        session.as_downstream_mut().set_keepalive(None);
     }
-    Ok(buf.freeze())
+    res
 }
 
 #[cfg(test)]
