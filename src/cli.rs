@@ -207,9 +207,13 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
+    load_config_and_warnings(flag).map(|(c, _)| c)
+}
+
+fn load_config_and_warnings(flag: Option<&Path>) -> anyhow::Result<(Config, crate::diag::Report)> {
     let path = config::resolve_path(flag);
     match Config::load(&path) {
-        Ok((c, _)) => Ok(c),
+        Ok(loaded) => Ok(loaded),
         Err(ConfigError::Invalid(report)) => Err(anyhow!(
             "the config is invalid:\n{}",
             report.to_string().trim_end()
@@ -341,8 +345,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Cmd::Serve => {
-            let cfg = load_config(flag)?;
+            let (cfg, warnings) = load_config_and_warnings(flag)?;
             let _log = init_logging(cfg.log.format);
+            for w in warnings.warnings() {
+                tracing::warn!(diagnostic = %w, "config warning");
+            }
             let served = crate::server::serve(cfg);
             crate::access::flush();
             served?;

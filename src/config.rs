@@ -419,6 +419,9 @@ impl Config {
         match cfg {
             Some(mut c) if !report.has_errors() => {
                 c.file = Some(abs);
+                let mut report = report;
+                #[cfg(unix)]
+                lint_file_modes(&c, &mut report);
                 Ok((c, report))
             }
             _ => Err(ConfigError::Invalid(report)),
@@ -840,7 +843,93 @@ impl Config {
             },
             user_fields,
         };
+        lint(&src, &doc, &cfg, &mut report);
         (Some(cfg), report)
+    }
+}
+
+/// The span of `[section] key`'s value, for pointing a warning at it.
+fn value_span(
+    doc: &Spanned<toml::de::DeTable<'_>>,
+    section: &str,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let (_, sec) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
+    let toml::de::DeValue::Table(t) = sec.get_ref() else {
+        return None;
+    };
+    t.iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v.span())
+}
+
+/// Values that are valid but weaken the gateway in ways an operator may
+/// not mean: warnings (shown by `portcullis check`, logged by `serve`;
+/// `check --strict` fails on them), not errors, since each has a use.
+fn lint(src: &Source<'_>, doc: &Spanned<toml::de::DeTable<'_>>, cfg: &Config, report: &mut Report) {
+    let mut warn = |section: &str, key: &str, msg: String| {
+        report.push(src.warning(value_span(doc, section, key), msg));
+    };
+    if cfg.throttle.account_per_hour == 0 {
+        warn("throttle", "account_per_hour", "account_per_hour = 0 refuses every login to an account for an hour after one wrong password: anyone who knows a user name can lock that user out; the default is 100".into());
+    }
+    if cfg.throttle.max_entries < 1000 {
+        warn("throttle", "max_entries", format!("max_entries = {} forgets failures after a few hundred attempts, so a brute force from many addresses is barely slowed; the default is 100000", cfg.throttle.max_entries));
+    }
+    if cfg.passwords.min_length < 8 {
+        warn("passwords", "min_length", format!("min_length = {} is below the 8 characters OWASP ASVS requires for self-chosen passwords", cfg.passwords.min_length));
+    }
+    if cfg.passwords.max_length < 64 {
+        warn("passwords", "max_length", format!("max_length = {} acts as 64: passphrases of at least 64 characters must work (OWASP ASVS)", cfg.passwords.max_length));
+    }
+    if cfg.upstream.tls && !cfg.upstream.verify_cert {
+        warn("upstream", "verify_cert", "verify_cert = false sends identity headers and session-bearing requests to whoever answers for the upstream's address; use ca_file for a private CA instead".into());
+    }
+    for net in &cfg.server.trusted_proxies {
+        if net.prefix_len() == 0 {
+            warn("server", "trusted_proxies", format!("trusted_proxies contains {net}: every client is trusted, so anyone can set X-Forwarded-For and choose the address throttling and logs see; list only your TLS terminator"));
+        }
+    }
+    let host = cfg.server.public_url.host_str().unwrap_or("");
+    let local = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !cfg.server.secure && !local {
+        warn("server", "public_url", format!("public_url {} is plain http on a non-local host: session cookies go without Secure and __Host-, and passwords cross the network in clear; put TLS in front and set an https public_url", cfg.server.public_url));
+    }
+    if cfg.session.absolute_timeout > Duration::from_secs(90 * 86_400) {
+        warn(
+            "session",
+            "absolute_timeout",
+            "absolute_timeout is over 90 days: a stolen cookie works that long".into(),
+        );
+    }
+}
+
+/// Files anyone on the machine may write: whoever can edit the config or a
+/// policy file decides who gets in.
+#[cfg(unix)]
+pub fn lint_file_modes(cfg: &Config, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    let files = cfg.file.iter().chain(cfg.policy.files.iter());
+    for f in files {
+        let Ok(meta) = std::fs::metadata(f) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o002 != 0 {
+            report.push(crate::diag::Diagnostic {
+                file: f.clone(),
+                line: 1,
+                column: 1,
+                severity: crate::diag::Severity::Warning,
+                message: format!(
+                    "anyone on this machine can write this file, and so decide who gets in: chmod o-w {}",
+                    f.display()
+                ),
+            });
+        }
     }
 }
 

@@ -249,3 +249,51 @@ fn explain_names_the_rule_and_the_reason() {
     let (_, out, _) = gw.cli(&["explain", "--anonymous", "GET", "/admin/x"], None);
     assert!(out.contains("login required"), "{out}");
 }
+
+#[test]
+fn check_warns_about_settings_that_weaken_the_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\npath = \"/**\"\nallow = \"authenticated\"\n",
+    )
+    .unwrap();
+    let good = "[server]\npublic_url = \"https://gate.example.com\"\n[upstream]\nurl = \"https://127.0.0.1:9\"\n[policy]\nfiles = [\"p.toml\"]\n";
+    std::fs::write(&cfg, good).unwrap();
+    let (code, out, _) = cli_with(&cfg, &["check", "--strict"], None);
+    assert_eq!(code, 0, "{out}");
+
+    std::fs::write(
+        &cfg,
+        "[server]\npublic_url = \"http://gate.example.com\"\ntrusted_proxies = [\"0.0.0.0/0\"]\n\
+         [upstream]\nurl = \"https://127.0.0.1:9\"\nverify_cert = false\n\
+         [policy]\nfiles = [\"p.toml\"]\n\
+         [throttle]\naccount_per_hour = 0\n\
+         [passwords]\nmin_length = 4\nmax_length = 20\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Warnings: the config is still usable without --strict.
+    let (code, out, _) = cli_with(&cfg, &["check"], None);
+    assert_eq!(code, 0, "{out}");
+    for (at, what) in [
+        ("portcullis.toml:2:14", "plain http"),
+        ("portcullis.toml:3:19", "every client is trusted"),
+        ("portcullis.toml:6:15", "verify_cert = false"),
+        ("portcullis.toml:10:20", "lock that user out"),
+        ("portcullis.toml:12:14", "below the 8 characters"),
+        ("portcullis.toml:13:14", "acts as 64"),
+        ("p.toml:1:1", "chmod o-w"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(at) && l.contains("warning") && l.contains(what)),
+            "no warning at {at} about {what:?}:\n{out}"
+        );
+    }
+    let (code, _, _) = cli_with(&cfg, &["check", "--strict"], None);
+    assert_eq!(code, 1, "--strict fails on warnings");
+}
