@@ -60,7 +60,8 @@ impl App {
             cfg.session.idle_timeout,
             cfg.session.absolute_timeout,
             cfg.session.cache_entries,
-        );
+        )
+        .with_max_per_user(cfg.session.max_per_user);
         let accounts = Accounts::new(Arc::new(store.clone()));
         let ui = Ui::new(&cfg.ui, &cfg.server.prefix)?;
         let headers = IdentityHeaders::new(

@@ -146,6 +146,9 @@ pub struct SessionConfig {
     pub remember_me: bool,
     pub cookie_name: String,
     pub cache_entries: usize,
+    /// Most sessions one user may hold; logging in past it ends the least
+    /// recently used. 0: no limit.
+    pub max_per_user: usize,
     /// How often the background sweeper removes expired sessions.
     pub sweep_interval: Duration,
 }
@@ -288,6 +291,7 @@ struct RawSession {
     remember_me: Option<bool>,
     cookie_name: Option<Spanned<String>>,
     cache_entries: Option<usize>,
+    max_per_user: Option<usize>,
     sweep_interval: Option<Spanned<DurationValue>>,
 }
 
@@ -816,6 +820,7 @@ impl Config {
                 remember_me: session.remember_me.unwrap_or(true),
                 cookie_name,
                 cache_entries: session.cache_entries.unwrap_or(200_000),
+                max_per_user: session.max_per_user.unwrap_or(100),
                 sweep_interval: session
                     .sweep_interval
                     .map(|d| d.into_inner().0)

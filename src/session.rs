@@ -485,6 +485,9 @@ pub struct Sessions {
     /// Sessions in the store, kept up to date here: sled can only count by
     /// reading every entry, which would stall a metrics scrape.
     stored: AtomicUsize,
+    /// Most sessions one user may hold; past it, logging in ends the ones
+    /// least recently used. 0: no limit.
+    max_per_user: usize,
 }
 
 /// Pending last-seen write-backs kept at most; past that they are dropped,
@@ -523,7 +526,15 @@ impl Sessions {
             coalesce_ms,
             dirty: Mutex::new(Vec::new()),
             stored: AtomicUsize::new(stored),
+            max_per_user: 0,
         }
+    }
+
+    /// Caps the sessions one user may hold (0: no cap). Without a cap,
+    /// anyone with a password can fill the disk with sessions.
+    pub fn with_max_per_user(mut self, n: usize) -> Self {
+        self.max_per_user = n;
+        self
     }
 
     fn shard(&self, h: &SessionHash) -> &Shard {
@@ -558,7 +569,41 @@ impl Sessions {
         self.stored.fetch_add(1, Ordering::Relaxed);
         let live = Arc::new(Live::from_record(h, rec));
         self.cache_insert(h, Arc::clone(&live));
+        if self.max_per_user > 0 {
+            let ended = self.end_least_recent(user, &h)?;
+            if ended > 0 {
+                tracing::info!(
+                    event = "sessions_capped",
+                    user,
+                    ended,
+                    max_per_user = self.max_per_user,
+                    "oldest sessions ended at login"
+                );
+            }
+        }
         Ok((id, live))
+    }
+
+    /// Ends `user`'s least recently used sessions beyond the cap, never
+    /// `keep` (the one just made). Returns how many ended.
+    fn end_least_recent(&self, user: &str, keep: &SessionHash) -> Result<usize> {
+        let mut mine = self.store.list(Some(user))?;
+        if mine.len() <= self.max_per_user {
+            return Ok(0);
+        }
+        // The stored last-seen lags behind the cache's by up to the
+        // write-back interval; the cache's is the truth where it has one.
+        let seen = |h: &SessionHash, r: &SessionRecord| {
+            self.cached(h)
+                .map_or(r.last_seen, |l| l.last_seen().max(r.last_seen))
+        };
+        mine.retain(|(h, _)| h != keep);
+        mine.sort_by_cached_key(|(h, r)| seen(h, r));
+        let excess = mine.len() + 1 - self.max_per_user;
+        for (h, _) in mine.iter().take(excess) {
+            self.revoke(h)?;
+        }
+        Ok(excess)
     }
 
     fn cache_insert(&self, h: SessionHash, live: Arc<Live>) {
@@ -773,6 +818,29 @@ mod tests {
             user_agent: String::new(),
             remember: false,
         }
+    }
+
+    #[test]
+    fn a_login_past_the_cap_ends_the_least_recently_used_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = sessions(&store, Duration::from_secs(600)).with_max_per_user(3);
+        let pause = || std::thread::sleep(Duration::from_millis(30));
+        let (_, other) = s.create("bob", "", "", false).unwrap();
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(s.create("ann", "", "", false).unwrap().1.hash);
+            pause();
+        }
+        // The first is used again, so the second is now the least recent.
+        assert!(matches!(s.lookup(&made[0]).unwrap(), Lookup::Valid(_)));
+        pause();
+        let newest = s.create("ann", "", "", false).unwrap().1.hash;
+        let valid = |h: &SessionHash| matches!(s.lookup(h).unwrap(), Lookup::Valid(_));
+        assert!(!valid(&made[1]), "the least recently used one ends");
+        assert!(valid(&made[0]) && valid(&made[2]) && valid(&newest));
+        assert_eq!(s.list(Some("ann")).unwrap().len(), 3);
+        assert!(valid(&other.hash), "other users' sessions are not counted");
     }
 
     #[test]

@@ -1070,3 +1070,31 @@ fn a_login_body_trickled_byte_by_byte_is_cut_off() {
     assert_eq!(status_of(&a), 408, "{a}");
     assert!(a.contains("request_timeout"), "{a}");
 }
+
+#[test]
+fn one_password_cannot_pile_up_sessions_without_bound() {
+    let gw = Gw::with(Opts {
+        extra: "[session]\nmax_per_user = 3\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("pile", PW, &[], false);
+    let cookies: Vec<String> = (0..5)
+        .map(|_| session_cookie(&gw.post_login("pile", PW)))
+        .collect();
+    let works = |cookie: &str| {
+        gw.client()
+            .get(gw.url("/x"))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+            .status()
+            == 200
+    };
+    assert!(!works(&cookies[0]) && !works(&cookies[1]), "the oldest end");
+    assert!(
+        cookies[2..].iter().all(|c| works(c)),
+        "the newest three work"
+    );
+    let (_, out, _) = gw.cli(&["session", "list", "--json"], None);
+    assert_eq!(out.matches("\"pile\"").count(), 3, "{out}");
+}
