@@ -547,6 +547,12 @@ fn health_me_and_static() {
         .to_str()
         .unwrap()
         .starts_with("text/css"));
+    let cc: Vec<_> = css.headers().get_all("cache-control").iter().collect();
+    assert_eq!(
+        cc,
+        ["public, max-age=3600"],
+        "one Cache-Control, and cacheable"
+    );
     assert_eq!(
         c.get(gw.url("/.portcullis/static/.hidden"))
             .send()

@@ -66,8 +66,18 @@ impl Reply {
             .header("content-security-policy", CSP)
             .header("x-content-type-options", "nosniff")
             .header("x-frame-options", "DENY")
-            .header("referrer-policy", "same-origin")
-            .header("cache-control", "no-store");
+            .header("referrer-policy", "same-origin");
+        // Cacheable answers (static assets) say so themselves; everything
+        // else is personal or changes.
+        let r = if r
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::CACHE_CONTROL)
+        {
+            r
+        } else {
+            r.header("cache-control", "no-store")
+        };
         if secure {
             r.header(
                 "strict-transport-security",
@@ -103,4 +113,25 @@ pub async fn send(session: &mut Session, reply: Reply) -> pingora::Result<()> {
         session.write_response_body(Some(reply.body), true).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardening_keeps_one_cache_control() {
+        let count = |r: &Reply| {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n == http::header::CACHE_CONTROL)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let asset = Reply::new(200)
+            .header("cache-control", "public, max-age=3600")
+            .hardened(false);
+        assert_eq!(count(&asset), ["public, max-age=3600"]);
+        assert_eq!(count(&Reply::new(200).hardened(true)), ["no-store"]);
+    }
 }
