@@ -820,3 +820,61 @@ fn remember_me_makes_the_cookie_outlive_the_browser_session() {
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(set.contains("Max-Age=7200"), "{set}");
 }
+
+#[test]
+fn pipelined_requests_are_all_answered_in_order() {
+    let gw = Gw::start();
+    gw.add_user("pip", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("pip", PW));
+    let one = |path: &str, close: bool| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: {cookie}\r\n{}\r\n",
+            gw.port,
+            if close { "Connection: close\r\n" } else { "" }
+        )
+    };
+    // Forwarded, denied and the gateway's own answers, back to back, each
+    // judged on its own.
+    let all = [
+        one("/a", false),
+        one("/public/b", false),
+        one("/.portcullis/health", false),
+        one("/admin/c", false),
+        one("/d", true),
+    ]
+    .concat();
+    let started = Instant::now();
+    let a = raw(gw.port, all.as_bytes());
+    assert!(started.elapsed() < Duration::from_secs(4), "left waiting");
+    let statuses: Vec<u16> = a
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| a[i + 9..i + 12].parse().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 403, 200], "{a}");
+    let paths: Vec<&str> = a
+        .match_indices("\"target\":\"")
+        .map(|(i, m)| {
+            let rest = &a[i + m.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(paths, ["/a", "/public/b", "/d"], "{a}");
+
+    // A body is the first request's, and what follows it is judged as a
+    // request of its own: no session carries over, nothing is smuggled.
+    let body = "GET /admin/x HTTP/1.1\r\n\r\n";
+    let two = format!(
+        "POST /public/up HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n{body}GET /admin/y HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        body.len(),
+        p = gw.port
+    );
+    let a = raw(gw.port, two.as_bytes());
+    let statuses: Vec<u16> = a
+        .match_indices("HTTP/1.1 ")
+        .filter(|(i, _)| a[..*i].ends_with('}') || *i == 0)
+        .map(|(i, _)| a[i + 9..i + 12].parse().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [200, 401], "{a}");
+    assert!(a.contains("\"target\":\"/public/up\""), "{a}");
+    assert!(!a.contains("\"target\":\"/admin"), "{a}");
+}

@@ -432,6 +432,12 @@ impl ProxyHttp for Gateway {
         let t = self.app.cfg.server.client_timeout;
         session.as_downstream_mut().set_read_timeout(Some(t));
         session.as_downstream_mut().set_write_timeout(Some(t));
+        // Pipelined requests are answered one after another, in order
+        // (RFC 9112 §9.3.2). Off, Pingora drops them and leaves the client
+        // waiting for answers until the connection times out.
+        if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.set_pipelining_enabled(true);
+        }
         Ok(())
     }
 
