@@ -177,6 +177,27 @@ pub enum TargetError {
     EmptySegmentParameters,
 }
 
+/// Does a canonical path name one file several ways on Windows (IIS,
+/// ASP.NET, Windows file servers)? Those trim trailing dots and spaces from
+/// a segment (`/admin.` and `/admin%20` open `/admin`), read `name::$DATA`
+/// as `name` (an NTFS stream), and answer 8.3 short names (`ADMINI~1` for
+/// `administration`). A rule written for `/admin` would not see any of
+/// them. Checked only in `[policy] case_insensitive` mode, the mode for
+/// such apps: elsewhere these are ordinary, distinct names.
+pub fn windows_alias(path: &str) -> bool {
+    match_segments(path).any(|seg| {
+        let trimmed = seg.trim_end_matches("%20");
+        trimmed.len() != seg.len()
+            || seg.ends_with('.')
+            || seg.contains(':')
+            || seg.contains("%3A")
+            || seg
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0] == b'~' && w[1].is_ascii_digit())
+    })
+}
+
 /// Turns a raw HTTP request-target into its canonical [`Target`].
 ///
 /// `host` is the request's Host header value, used only to vet an
@@ -513,6 +534,34 @@ const fn is_path_literal(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_aliases_are_spotted_after_canonicalising() {
+        let alias = |raw: &str| windows_alias(&canonicalize(raw.as_bytes(), None).unwrap().path);
+        for raw in [
+            "/admin./x",
+            "/admin%2e/x",
+            "/admin%20/x",
+            "/admin%20%20",
+            "/admin.%20/x",
+            "/admin::$DATA",
+            "/admin%3a%3a$DATA/x",
+            "/ADMINI~1/x",
+            "/admin.;x=1/y",
+        ] {
+            assert!(alias(raw), "{raw}");
+        }
+        for raw in [
+            "/admin/x",
+            "/v1.2/x",
+            "/~user/x",
+            "/a%20b/c",
+            "/file.txt",
+            "/",
+        ] {
+            assert!(!alias(raw), "{raw}");
+        }
+    }
 
     #[test]
     fn only_upper_case_methods_pass() {

@@ -176,6 +176,21 @@ fn case_insensitive_switch_protects_case_insensitive_apps() {
     for p in ["/ADMIN", "/Admin/x", "/aDmIn;x/y", "/%41dmin"] {
         assert_eq!(status_of(&request(ci.port, p, "")), 403, "{p}");
     }
+    // Windows servers also trim trailing dots and spaces, read NTFS
+    // streams and answer 8.3 short names: other spellings of /admin that
+    // no rule would see. In this mode they are refused.
+    for p in [
+        "/admin./x",
+        "/ADMIN%2E",
+        "/admin%20/x",
+        "/admin::$DATA",
+        "/Admin:stream/x",
+        "/ADMINI~1/x",
+    ] {
+        let a = request(ci.port, p, "");
+        assert_eq!(status_of(&a), 400, "{p}:\n{a}");
+        assert!(!a.contains("\"target\""), "{p} reached the app:\n{a}");
+    }
 }
 
 #[test]

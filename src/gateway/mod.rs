@@ -481,6 +481,13 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
+        if app.cfg.policy.case_insensitive && canonical::windows_alias(&target.path) {
+            ctx.decision = "bad_request";
+            app.metrics.rejected.inc();
+            self.bad_request(session, "path names a file another way on Windows")
+                .await?;
+            return Ok(true);
+        }
         let policy = app.policy.current();
         let own = under_prefix(&target.path, &app.cfg.server.prefix);
         ctx.target = Some(target);
