@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub drop_underscore_headers: bool,
     pub grace_period: Duration,
     pub client_timeout: Duration,
+    /// How long an upgraded connection (WebSocket) may carry nothing, in
+    /// either direction, before it is closed.
+    pub tunnel_idle_timeout: Duration,
     pub max_body_bytes: usize,
 }
 
@@ -254,6 +257,7 @@ struct RawServer {
     drop_underscore_headers: Option<bool>,
     grace_period: Option<Spanned<DurationValue>>,
     client_timeout: Option<Spanned<DurationValue>>,
+    tunnel_idle_timeout: Option<Spanned<DurationValue>>,
     max_body_bytes: Option<usize>,
 }
 
@@ -793,6 +797,10 @@ impl Config {
                     .grace_period
                     .map(|d| d.into_inner().0)
                     .unwrap_or(Duration::from_secs(10)),
+                tunnel_idle_timeout: server
+                    .tunnel_idle_timeout
+                    .map(|d| d.into_inner().0)
+                    .unwrap_or(Duration::from_secs(3600)),
                 client_timeout: server
                     .client_timeout
                     .map(|d| d.into_inner().0)

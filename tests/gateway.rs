@@ -878,3 +878,37 @@ fn pipelined_requests_are_all_answered_in_order() {
     assert!(a.contains("\"target\":\"/public/up\""), "{a}");
     assert!(!a.contains("\"target\":\"/admin"), "{a}");
 }
+
+#[test]
+fn a_quiet_websocket_stays_open_for_the_tunnel_idle_timeout() {
+    let up = websocket_upstream();
+    // Shorter than the silence below, on both sides: a request would be
+    // cut off, a tunnel is not.
+    let gw = Gw::with(Opts {
+        upstream: Some(format!("http://{up}")),
+        server: "client_timeout = \"1s\"".into(),
+        ..Opts::default()
+    });
+    gw.add_user("quiet", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("quiet", PW));
+    let (mut s, _) = open_tunnel(&gw, "/ws", &cookie);
+    assert!(tunnel_echoes(&mut s, b"hello"));
+    std::thread::sleep(Duration::from_millis(4000));
+    assert!(tunnel_echoes(&mut s, b"still here"), "closed while quiet");
+
+    // Its own limit still applies.
+    let gw = Gw::with(Opts {
+        upstream: Some(format!("http://{up}")),
+        server: "tunnel_idle_timeout = \"1s\"".into(),
+        ..Opts::default()
+    });
+    gw.add_user("quiet", PW, &[], false);
+    let cookie = session_cookie(&gw.post_login("quiet", PW));
+    let (mut s, _) = open_tunnel(&gw, "/ws", &cookie);
+    assert!(tunnel_echoes(&mut s, b"hello"));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !tunnel_echoes(&mut s, b"too late"),
+        "idled past its timeout"
+    );
+}

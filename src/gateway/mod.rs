@@ -591,7 +591,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
         let up = &self.app.cfg.upstream;
@@ -605,7 +605,14 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(up.addr, up.tls, sni);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout + Duration::from_secs(5));
-        peer.options.read_timeout = Some(up.read_timeout);
+        // A WebSocket may stay quiet for long stretches; its upstream side
+        // cannot be given another timeout after the 101, so an upgrade
+        // request waits for the app as long as a tunnel may idle.
+        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+            self.app.cfg.server.tunnel_idle_timeout.max(up.read_timeout)
+        } else {
+            up.read_timeout
+        });
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         peer.options.verify_cert = up.verify_cert;
         peer.options.verify_hostname = up.verify_cert;
@@ -716,10 +723,15 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req() {
+            // The client side of a tunnel idles as long as the app side.
+            let t = self.app.cfg.server.tunnel_idle_timeout;
+            session.as_downstream_mut().set_read_timeout(Some(t));
+        }
         if let Some(t) = ctx.upstream_started {
             self.app
                 .metrics
