@@ -583,3 +583,38 @@ fn htpasswd_users_import() {
     assert_eq!(code, 1);
     assert!(err.contains("line 1"), "{err}");
 }
+
+#[test]
+fn racing_registrations_cannot_share_an_email() {
+    let gw = Gw::with(Opts {
+        extra: "[registration]\nenabled = true\n".into(),
+        ..Opts::default()
+    });
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let gw = &gw;
+                s.spawn(move || {
+                    gw.client()
+                        .post(gw.url("/.portcullis/register"))
+                        .header("x-forwarded-for", format!("192.0.2.{i}"))
+                        .json(&serde_json::json!({"username": format!("racer{i}"), "email": "same@example.com", "password": "a fine long passphrase"}))
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&c| c < 300).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&c| c < 300 || c == 400),
+        "{statuses:?}"
+    );
+}

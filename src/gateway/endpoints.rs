@@ -821,7 +821,12 @@ impl Endpoint<'_> {
         let res = app
             .blocking(move |app| {
                 // Someone else's address would let this account pass for
-                // theirs wherever the app looks users up by email.
+                // theirs wherever the app looks users up by email. One
+                // registration at a time, so two racing with one address
+                // cannot both pass the check (the store has no email index;
+                // sled is one process's, so a lock here is enough).
+                static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+                let _turn = ONE_AT_A_TIME.lock();
                 if app.accounts.email_in_use(&claimed)? {
                     return Ok(None);
                 }
