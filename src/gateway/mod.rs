@@ -30,8 +30,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::accounts::User;
 use crate::app::App;
 use crate::canonical::{self, Target};
-use crate::policy::{Outcome, Policy, Request, Subject};
-use crate::session::{Live, Lookup, SessionId};
+use crate::policy::{Decision, Outcome, Policy, Request, Subject};
+use crate::session::{Live, Lookup, SessionHash, SessionId};
 use reply::{send, Reply};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -109,24 +109,28 @@ impl Gateway {
             let Some(id) = SessionId::from_cookie_value(value) else {
                 continue;
             };
-            let h = id.hash();
-            match self.app.sessions.lookup(&h)? {
-                Lookup::Valid(live) => {
-                    let user = self.app.accounts.get_by_key(&live.user)?;
-                    match user {
-                        Some(u) if u.is_active => {
-                            return Ok(Some(Identity {
-                                user: u,
-                                session: live,
-                            }))
-                        }
-                        _ => continue,
-                    }
-                }
-                Lookup::Missing | Lookup::Expired => continue,
+            if let Some(identity) = self.identity(&id.hash())? {
+                return Ok(Some(identity));
             }
         }
         Ok(None)
+    }
+
+    /// The live session with this hash and its user's current record, if
+    /// both are still good (not expired or revoked, user active).
+    fn identity(&self, h: &SessionHash) -> Result<Option<Identity>, AuthError> {
+        let Lookup::Valid(live) = self.app.sessions.lookup(h)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .app
+            .accounts
+            .get_by_key(&live.user)?
+            .filter(|u| u.is_active)
+            .map(|user| Identity {
+                user,
+                session: live,
+            }))
     }
 
     fn is_browser(req: &RequestHeader) -> bool {
@@ -199,6 +203,35 @@ impl Gateway {
         };
         send(session, reply.hardened(self.app.cfg.server.secure)).await
     }
+}
+
+/// The policy's decision for this request and user (`None`: anonymous).
+/// A case-insensitive policy compares case-insensitively itself.
+fn decide<'p>(
+    policy: &'p Policy,
+    req: &RequestHeader,
+    target: Option<&Target>,
+    user: Option<&User>,
+) -> Decision<'p> {
+    // Most policies have no host rules; the host is then not worked out.
+    let host = if policy.uses_hosts() {
+        request_host(req)
+    } else {
+        ""
+    };
+    let subject = user.map(|u| Subject {
+        superuser: u.is_superuser,
+        groups: &u.groups,
+        permissions: &u.permissions,
+    });
+    policy.decide(
+        &Request {
+            method: &req.method,
+            host,
+            path: target.map_or("/", |t| t.path.as_str()),
+        },
+        subject.as_ref(),
+    )
 }
 
 /// Did the client send `Content-Length` as well? Pingora drops it when
@@ -523,27 +556,11 @@ impl ProxyHttp for Gateway {
         }
 
         // 4. Authorise.
-        let req = session.req_header();
-        // A case-insensitive policy compares case-insensitively itself.
-        let path = ctx.target.as_ref().map_or("/", |t| t.path.as_str());
-        // Most policies have no host rules; the host is then not worked out.
-        let host = if policy.uses_hosts() {
-            request_host(req)
-        } else {
-            ""
-        };
-        let subject = ctx.user.as_ref().map(|u| Subject {
-            superuser: u.is_superuser,
-            groups: &u.groups,
-            permissions: &u.permissions,
-        });
-        let decision = policy.decide(
-            &Request {
-                method: &req.method,
-                host,
-                path,
-            },
-            subject.as_ref(),
+        let decision = decide(
+            &policy,
+            session.req_header(),
+            ctx.target.as_ref(),
+            ctx.user.as_deref(),
         );
         ctx.rule = decision
             .rule

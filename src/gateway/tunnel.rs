@@ -14,9 +14,8 @@
 
 use pingora::proxy::Session;
 
-use super::{request_host, Ctx, Gateway};
-use crate::policy::{Outcome, Request, Subject};
-use crate::session::Lookup;
+use super::{decide, Ctx, Gateway};
+use crate::policy::Outcome;
 
 /// How often a busy tunnel is judged again. A session lookup and a policy
 /// decision cost well under a microsecond; a second keeps that invisible
@@ -78,41 +77,20 @@ impl Gateway {
     /// Judges the tunnel's request again with the current session, user
     /// and policy; `None` while it is still allowed.
     fn tunnel_ended(&self, session: &Session, ctx: &Ctx) -> Option<Ended> {
-        let app = &self.app;
         let user = match &ctx.session {
             None => None,
-            Some(opened) => {
-                let live = match app.sessions.lookup(&opened.hash) {
-                    Ok(Lookup::Valid(l)) if l.user == opened.user => l,
-                    Ok(_) => return Some(Ended::Session),
-                    Err(_) => return Some(Ended::Store),
-                };
-                match app.accounts.get_by_key(&live.user) {
-                    Ok(Some(u)) if u.is_active => Some(u),
-                    Ok(_) => return Some(Ended::Session),
-                    Err(_) => return Some(Ended::Store),
-                }
-            }
-        };
-        let policy = app.policy.current();
-        let req = session.req_header();
-        let host = if policy.uses_hosts() {
-            request_host(req)
-        } else {
-            ""
-        };
-        let subject = user.as_ref().map(|u| Subject {
-            superuser: u.is_superuser,
-            groups: &u.groups,
-            permissions: &u.permissions,
-        });
-        let decision = policy.decide(
-            &Request {
-                method: &req.method,
-                host,
-                path: ctx.target.as_ref().map_or("/", |t| t.path.as_str()),
+            Some(opened) => match self.identity(&opened.hash) {
+                Ok(Some(id)) => Some(id.user),
+                Ok(None) => return Some(Ended::Session),
+                Err(_) => return Some(Ended::Store),
             },
-            subject.as_ref(),
+        };
+        let policy = self.app.policy.current();
+        let decision = decide(
+            &policy,
+            session.req_header(),
+            ctx.target.as_ref(),
+            user.as_deref(),
         );
         match decision.outcome {
             Outcome::Allow => None,
