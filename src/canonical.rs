@@ -186,8 +186,7 @@ pub enum TargetError {
 /// such apps: elsewhere these are ordinary, distinct names.
 pub fn windows_alias(path: &str) -> bool {
     match_segments(path).any(|seg| {
-        let trimmed = seg.trim_end_matches("%20");
-        trimmed.len() != seg.len()
+        seg.ends_with("%20")
             || seg.ends_with('.')
             || seg.contains(':')
             || seg.contains("%3A")

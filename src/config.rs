@@ -423,11 +423,10 @@ impl Config {
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base = abs.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (cfg, report) = Self::parse(path, &text, &base);
+        let (cfg, mut report) = Self::parse(path, &text, &base);
         match cfg {
             Some(mut c) if !report.has_errors() => {
                 c.file = Some(abs);
-                let mut report = report;
                 #[cfg(unix)]
                 lint_file_modes(&c, &mut report);
                 Ok((c, report))
@@ -924,7 +923,7 @@ fn lint(src: &Source<'_>, doc: &Spanned<toml::de::DeTable<'_>>, cfg: &Config, re
 /// Files anyone on the machine may write: whoever can edit the config or a
 /// policy file decides who gets in.
 #[cfg(unix)]
-pub fn lint_file_modes(cfg: &Config, report: &mut Report) {
+fn lint_file_modes(cfg: &Config, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     let files = cfg.file.iter().chain(cfg.policy.files.iter());
     for f in files {

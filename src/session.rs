@@ -570,15 +570,22 @@ impl Sessions {
         let live = Arc::new(Live::from_record(h, rec));
         self.cache_insert(h, Arc::clone(&live));
         if self.max_per_user > 0 {
-            let ended = self.end_least_recent(user, &h)?;
-            if ended > 0 {
-                tracing::info!(
+            // The new session is stored: a failure to end old ones must not
+            // turn this login into an error (the next login tries again).
+            match self.end_least_recent(user, &h) {
+                Ok(0) => {}
+                Ok(ended) => tracing::info!(
                     event = "sessions_capped",
                     user,
                     ended,
                     max_per_user = self.max_per_user,
                     "oldest sessions ended at login"
-                );
+                ),
+                Err(e) => tracing::warn!(
+                    user,
+                    error = %e,
+                    "could not end sessions past max_per_user"
+                ),
             }
         }
         Ok((id, live))

@@ -67,17 +67,8 @@ impl Reply {
             .header("x-content-type-options", "nosniff")
             .header("x-frame-options", "DENY")
             .header("referrer-policy", "same-origin");
-        // Cacheable answers (static assets) say so themselves; everything
-        // else is personal or changes.
-        let r = if r
-            .headers
-            .iter()
-            .any(|(n, _)| n == http::header::CACHE_CONTROL)
-        {
-            r
-        } else {
-            r.header("cache-control", "no-store")
-        };
+        // No Cache-Control here: `send` adds `no-store` to any answer that
+        // does not say otherwise (static assets do).
         if secure {
             r.header(
                 "strict-transport-security",
@@ -132,6 +123,8 @@ mod tests {
             .header("cache-control", "public, max-age=3600")
             .hardened(false);
         assert_eq!(count(&asset), ["public, max-age=3600"]);
-        assert_eq!(count(&Reply::new(200).hardened(true)), ["no-store"]);
+        // `send` adds the `no-store` (asserted on the wire in
+        // tests/security.rs); hardening adds no second one.
+        assert!(count(&Reply::new(200).hardened(true)).is_empty());
     }
 }
