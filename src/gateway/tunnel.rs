@@ -6,7 +6,7 @@
 //! working for hours.
 //!
 //! So while bytes cross a tunnel (either way), the request is judged
-//! again at most once a [`RECHECK`]: the same session must still be valid,
+//! again at most once a second ([`RECHECK_MS`]): the same session must still be valid,
 //! its user still active, and the current policy must still allow this
 //! method, host and path to that user. If not, the tunnel is closed.
 //! A tunnel that carries nothing is not looked at; its first byte after
