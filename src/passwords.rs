@@ -1,12 +1,18 @@
 //! Password hashing: argon2id with OWASP's parameters, run off the proxy
 //! threads on a bounded pool.
 //!
-//! A login costs one argon2 verification whether or not the user exists
-//! (unknown users are checked against a dummy hash), so neither the answer
-//! nor its timing tells an attacker which names are real.
+//! A login naming a real account costs one argon2 verification. One naming
+//! no account costs the same time but not the same work: it waits as long
+//! as a recent real check took (Authelia's answer to the same problem), and
+//! runs a real check against a dummy hash only when there is no recent one
+//! to copy (at most about once a second). So neither the answer nor its
+//! timing tells an attacker which names are real, and a flood of made-up
+//! names neither burns the CPU nor fills the pool that real users' logins
+//! need.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -141,6 +147,86 @@ pub struct HashPool {
     dummy: String,
     /// Where each check's time on a hashing thread is recorded.
     timing: Option<prometheus::Histogram>,
+    recent: RecentChecks,
+}
+
+/// How many recent real checks an unknown name's wait is drawn from.
+const RECENT: usize = 16;
+/// Older samples are not copied: the machine's load may have changed.
+const FRESH_MS: u64 = 10_000;
+/// Without a real check for this long, the next unknown name pays one.
+const REFRESH_MS: u64 = 1_000;
+/// Tokio's timer wakes up to a millisecond late (half on average); a real
+/// check's answer has no such delay.
+const TIMER_SLACK: Duration = Duration::from_micros(500);
+
+/// How long recent checks of real accounts took, from the caller's side
+/// (queue wait included), so that an attempt naming no account can take as
+/// long without hashing. A torn read of one slot pairs a duration with a
+/// neighbour's time stamp: harmless.
+struct RecentChecks {
+    took_us: [AtomicU64; RECENT],
+    /// When each sample was taken, unix ms (0: empty).
+    at_ms: [AtomicU64; RECENT],
+    next: AtomicUsize,
+    /// When an unknown name last claimed a real check to refresh these.
+    refresh_claimed_ms: AtomicU64,
+}
+
+impl RecentChecks {
+    fn new() -> Self {
+        RecentChecks {
+            took_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            at_ms: std::array::from_fn(|_| AtomicU64::new(0)),
+            next: AtomicUsize::new(0),
+            refresh_claimed_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, now_ms: u64, took: Duration) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % RECENT;
+        self.took_us[i].store(took.as_micros() as u64, Ordering::Relaxed);
+        self.at_ms[i].store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// The median of the fresh samples give or take 5 %, and the newest
+    /// one's age; `None` when none is fresh. The median, not a random
+    /// sample: a hashing thread's first check also pays for faulting in
+    /// its working memory, and copying that one would make an unknown name
+    /// stand out by taking twice as long.
+    fn sample(&self, now_ms: u64) -> Option<(Duration, u64)> {
+        let mut fresh = [0u64; RECENT];
+        let mut n = 0;
+        let mut newest_age = u64::MAX;
+        for i in 0..RECENT {
+            let at = self.at_ms[i].load(Ordering::Relaxed);
+            let age = now_ms.saturating_sub(at);
+            if at == 0 || age > FRESH_MS {
+                continue;
+            }
+            newest_age = newest_age.min(age);
+            fresh[n] = self.took_us[i].load(Ordering::Relaxed);
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        let fresh = &mut fresh[..n];
+        fresh.sort_unstable();
+        use rand::Rng;
+        let us = fresh[n / 2] as f64 * rand::thread_rng().gen_range(0.95..1.05);
+        Some((Duration::from_micros(us as u64), newest_age))
+    }
+
+    /// True for one caller per `REFRESH_MS`.
+    fn claim_refresh(&self, now_ms: u64) -> bool {
+        let last = self.refresh_claimed_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= REFRESH_MS
+            && self
+                .refresh_claimed_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl HashPool {
@@ -178,6 +264,7 @@ impl HashPool {
             // Made once so unknown users cost the same as known ones.
             dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
             timing: None,
+            recent: RecentChecks::new(),
         }
     }
 
@@ -226,19 +313,52 @@ impl HashPool {
         rx.await.map_err(|e| PoolError::Failed(e.to_string()))
     }
 
-    /// Verifies `password` against `stored`, or against the dummy hash when
-    /// there is no such user, so both cost the same.
+    /// Verifies `password` against `stored`. With no stored hash (no such
+    /// account, or one that cannot sign in this way), answers `false` after
+    /// as long as a real check takes, and as `Busy` exactly when a real check
+    /// would be refused (see the module's comment).
     pub async fn verify(
         &self,
         password: String,
         stored: Option<String>,
     ) -> Result<bool, PoolError> {
-        let known = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.dummy.clone());
+        let Some(hash) = stored else {
+            return self.verify_nobody(password).await;
+        };
+        // Only checks at today's parameters say how long an unknown name
+        // should take; a legacy hash takes its own time anyway.
+        let typical = !needs_upgrade(&hash);
+        let started = Instant::now();
         let ok = self
             .run(move || crate::legacy::verify_any(&password, &hash))
             .await?;
-        Ok(ok && known)
+        if typical {
+            self.recent
+                .record(crate::clock::unix_millis_coarse(), started.elapsed());
+        }
+        Ok(ok)
+    }
+
+    async fn verify_nobody(&self, password: String) -> Result<bool, PoolError> {
+        if self.in_flight.load(Ordering::Acquire) >= self.limit {
+            return Err(PoolError::Busy);
+        }
+        let now = crate::clock::unix_millis_coarse();
+        match self.recent.sample(now) {
+            Some((took, newest_age))
+                if newest_age < REFRESH_MS || !self.recent.claim_refresh(now) =>
+            {
+                tokio::time::sleep(took.saturating_sub(TIMER_SLACK)).await;
+            }
+            _ => {
+                let hash = self.dummy.clone();
+                let started = Instant::now();
+                self.run(move || crate::legacy::verify_any(&password, &hash))
+                    .await?;
+                self.recent.record(now, started.elapsed());
+            }
+        }
+        Ok(false)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, PoolError> {
@@ -301,12 +421,69 @@ mod tests {
         let h = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
         let pool = HashPool::new(1, 4).timed(h.clone());
         let stored = hash_blocking("pw").unwrap();
-        assert_eq!(pool.verify("pw".into(), Some(stored)).await, Ok(true));
-        assert_eq!(pool.verify("pw".into(), None).await, Ok(false));
-        // Both checks, each a real argon2id run of milliseconds; the dummy
-        // hash made at start-up is not a check.
+        assert_eq!(
+            pool.verify("pw".into(), Some(stored.clone())).await,
+            Ok(true)
+        );
+        assert_eq!(pool.verify("nope".into(), Some(stored)).await, Ok(false));
+        // Two real argon2id runs of milliseconds each; the dummy hash made
+        // at start-up is not a check.
         assert_eq!(h.get_sample_count(), 2);
         assert!(h.get_sample_sum() > 0.002, "{}", h.get_sample_sum());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_takes_as_long_as_a_real_check_without_hashing() {
+        let h = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let pool = HashPool::new(1, 4).timed(h.clone());
+        // With nothing to copy yet, the first unknown name pays a real check
+        // against the dummy hash.
+        let t = Instant::now();
+        assert_eq!(pool.verify("pw".into(), None).await, Ok(false));
+        let first = t.elapsed();
+        assert_eq!(h.get_sample_count(), 1);
+        let stored = hash_blocking("pw").unwrap();
+        let t = Instant::now();
+        assert_eq!(pool.verify("wrong".into(), Some(stored)).await, Ok(false));
+        let real = t.elapsed();
+        assert_eq!(h.get_sample_count(), 2);
+        // Now they copy the recent checks' times instead of hashing.
+        for _ in 0..4 {
+            let t = Instant::now();
+            assert_eq!(pool.verify("pw".into(), None).await, Ok(false));
+            let took = t.elapsed();
+            let (lo, hi) = (first.min(real), first.max(real));
+            assert!(
+                took.as_secs_f64() >= lo.as_secs_f64() * 0.9 - 0.001,
+                "unknown name answered in {took:?}; real checks took {first:?} and {real:?}"
+            );
+            // Generous above: a loaded machine may wake the sleeper late.
+            assert!(took < hi * 3 + Duration::from_millis(20), "{took:?}");
+        }
+        assert_eq!(h.get_sample_count(), 2, "an unknown name ran argon2");
+    }
+
+    #[test]
+    fn recent_checks_go_stale_and_one_caller_refreshes_them() {
+        let r = RecentChecks::new();
+        assert!(r.sample(50_000).is_none());
+        r.record(50_000, Duration::from_millis(20));
+        r.record(50_100, Duration::from_millis(30));
+        for _ in 0..50 {
+            let (d, age) = r.sample(50_300).unwrap();
+            // The median of two is the upper one.
+            assert!(
+                d >= Duration::from_micros(28_500) && d <= Duration::from_micros(31_500),
+                "{d:?}"
+            );
+            assert_eq!(age, 200);
+        }
+        // Past FRESH_MS nothing is copied any more.
+        assert!(r.sample(50_100 + FRESH_MS + 1).is_none());
+        // One refresh per REFRESH_MS, whoever asks.
+        assert!(r.claim_refresh(60_000));
+        assert!(!r.claim_refresh(60_000 + REFRESH_MS - 1));
+        assert!(r.claim_refresh(60_000 + REFRESH_MS));
     }
 
     #[tokio::test]
