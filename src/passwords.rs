@@ -144,11 +144,20 @@ pub struct HashPool {
     queue: std::sync::mpsc::SyncSender<Job>,
     in_flight: AtomicUsize,
     limit: usize,
+    /// Attempts naming no account that are waiting out their time. Each
+    /// holds a connection and its buffers, so they are bounded too; both
+    /// kinds are refused when either bound is reached, so that a refusal
+    /// never tells which kind an attempt was.
+    waiting: AtomicUsize,
     dummy: String,
     /// Where each check's time on a hashing thread is recorded.
     timing: Option<prometheus::Histogram>,
     recent: RecentChecks,
 }
+
+/// Attempts naming no account that may wait out their time at once (see
+/// `HashPool::waiting`).
+const MAX_WAITING: usize = 1024;
 
 /// How many recent real checks an unknown name's wait is drawn from.
 const RECENT: usize = 16;
@@ -260,6 +269,7 @@ impl HashPool {
         HashPool {
             queue: tx,
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             limit: workers + queue,
             // Made once so unknown users cost the same as known ones.
             dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
@@ -296,7 +306,7 @@ impl HashPool {
     ) -> Result<T, PoolError> {
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _guard = InFlight(&self.in_flight);
-        if n >= self.limit {
+        if n >= self.limit || self.waiting.load(Ordering::Acquire) >= MAX_WAITING {
             return Err(PoolError::Busy);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -340,7 +350,9 @@ impl HashPool {
     }
 
     async fn verify_nobody(&self, password: String) -> Result<bool, PoolError> {
-        if self.in_flight.load(Ordering::Acquire) >= self.limit {
+        let w = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(&self.waiting);
+        if w >= MAX_WAITING || self.in_flight.load(Ordering::Acquire) >= self.limit {
             return Err(PoolError::Busy);
         }
         let now = crate::clock::unix_millis_coarse();
@@ -461,6 +473,36 @@ mod tests {
             assert!(took < hi * 3 + Duration::from_millis(20), "{took:?}");
         }
         assert_eq!(h.get_sample_count(), 2, "an unknown name ran argon2");
+    }
+
+    #[tokio::test]
+    async fn waiting_unknown_names_are_bounded_and_refuse_both_kinds_alike() {
+        let pool = Arc::new(HashPool::new(1, 4));
+        pool.recent.record(
+            crate::clock::unix_millis_coarse(),
+            Duration::from_millis(400),
+        );
+        let waiting: Vec<_> = (0..MAX_WAITING)
+            .map(|_| {
+                let p = Arc::clone(&pool);
+                tokio::spawn(async move { p.verify("x".into(), None).await })
+            })
+            .collect();
+        while pool.waiting.load(Ordering::Acquire) < MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
+        let stored = hash_blocking("pw").unwrap();
+        // Past the bound, a real account and a made-up one get the same
+        // refusal, and no argon2 runs for either.
+        assert_eq!(
+            pool.verify("pw".into(), Some(stored.clone())).await,
+            Err(PoolError::Busy)
+        );
+        assert_eq!(pool.verify("x".into(), None).await, Err(PoolError::Busy));
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(false));
+        }
+        assert_eq!(pool.verify("pw".into(), Some(stored)).await, Ok(true));
     }
 
     #[test]
