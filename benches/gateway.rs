@@ -2255,7 +2255,7 @@ async fn scenarios(
     );
     rep.fig(
         "signed_in_ratio",
-        &format!(
+        format!(
             "2. signed-in / passthrough (median of {} pairs)",
             plan.pairs_signed
         ),
@@ -2303,7 +2303,7 @@ async fn scenarios(
     );
     rep.fig(
         "denied_ratio",
-        &format!(
+        format!(
             "4. denied / passthrough (median of {} pairs)",
             plan.pairs_denied
         ),
@@ -2756,7 +2756,7 @@ async fn scenarios(
     );
     rep.fig(
         "cold_ratio",
-        &format!(
+        format!(
             "3. 100k cold / passthrough (median of {} pairs)",
             plan.pairs_cold
         ),
