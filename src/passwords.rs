@@ -180,6 +180,9 @@ struct RecentChecks {
     next: AtomicUsize,
     /// When an unknown name last claimed a real check to refresh these.
     refresh_claimed_ms: AtomicU64,
+    /// The latest check's time however old, µs (0: none yet), for when no
+    /// sample is fresh and another caller is already refreshing.
+    last_us: AtomicU64,
 }
 
 impl RecentChecks {
@@ -189,6 +192,7 @@ impl RecentChecks {
             at_ms: std::array::from_fn(|_| AtomicU64::new(0)),
             next: AtomicUsize::new(0),
             refresh_claimed_ms: AtomicU64::new(0),
+            last_us: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +200,33 @@ impl RecentChecks {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % RECENT;
         self.took_us[i].store(took.as_micros() as u64, Ordering::Relaxed);
         self.at_ms[i].store(now_ms.max(1), Ordering::Relaxed);
+        self.last_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How long an attempt naming no account waits, or `None` when it is
+    /// to run a real check instead: when the samples are over a second old
+    /// (or all gone), one caller a second refreshes them. The others copy
+    /// what there is, the latest check's time when nothing is fresh, so
+    /// that a flood starting after a quiet spell does not send every
+    /// attempt to the pool at once.
+    fn wait_for(&self, now_ms: u64) -> Option<Duration> {
+        let fresh = self.sample(now_ms);
+        if let Some((took, newest_age)) = fresh {
+            if newest_age < REFRESH_MS {
+                return Some(took);
+            }
+        }
+        if self.claim_refresh(now_ms) {
+            return None;
+        }
+        fresh.map(|(took, _)| took).or_else(|| {
+            let us = self.last_us.load(Ordering::Relaxed);
+            use rand::Rng;
+            (us > 0).then(|| {
+                Duration::from_micros((us as f64 * rand::thread_rng().gen_range(0.95..1.05)) as u64)
+            })
+        })
     }
 
     /// The median of the fresh samples give or take 5 %, and the newest
@@ -266,15 +297,23 @@ impl HashPool {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
+        // Made once, and timed: until a real check has run, that is the
+        // best guess at how long one takes.
+        let recent = RecentChecks::new();
+        let started = Instant::now();
+        let dummy = hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default();
+        recent
+            .last_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         HashPool {
             queue: tx,
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             limit: workers + queue,
             // Made once so unknown users cost the same as known ones.
-            dummy: hash_blocking("portcullis-dummy-password-never-matches").unwrap_or_default(),
+            dummy,
             timing: None,
-            recent: RecentChecks::new(),
+            recent,
         }
     }
 
@@ -356,13 +395,11 @@ impl HashPool {
             return Err(PoolError::Busy);
         }
         let now = crate::clock::unix_millis_coarse();
-        match self.recent.sample(now) {
-            Some((took, newest_age))
-                if newest_age < REFRESH_MS || !self.recent.claim_refresh(now) =>
-            {
+        match self.recent.wait_for(now) {
+            Some(took) => {
                 tokio::time::sleep(took.saturating_sub(TIMER_SLACK)).await;
             }
-            _ => {
+            None => {
                 let hash = self.dummy.clone();
                 let started = Instant::now();
                 self.run(move || crate::legacy::verify_any(&password, &hash))
@@ -526,6 +563,33 @@ mod tests {
         assert!(r.claim_refresh(60_000));
         assert!(!r.claim_refresh(60_000 + REFRESH_MS - 1));
         assert!(r.claim_refresh(60_000 + REFRESH_MS));
+    }
+
+    #[test]
+    fn without_fresh_samples_one_caller_checks_and_the_rest_copy_the_latest() {
+        let r = RecentChecks::new();
+        r.record(10_000, Duration::from_millis(40));
+        // Fresh: everyone copies.
+        assert!(r.wait_for(10_500).is_some());
+        // Over a second old: one caller refreshes, the others copy.
+        assert_eq!(r.wait_for(11_500), None);
+        let d = r.wait_for(11_600).unwrap();
+        assert!(
+            d >= Duration::from_millis(38) && d <= Duration::from_millis(42),
+            "{d:?}"
+        );
+        // Nothing fresh at all (a quiet spell): still one real check a
+        // second, and the rest wait as long as the latest check took
+        // instead of all queueing for the pool.
+        let quiet = 10_000 + FRESH_MS + 5_000;
+        assert_eq!(r.wait_for(quiet), None);
+        for _ in 0..100 {
+            let d = r.wait_for(quiet + 10).unwrap();
+            assert!(
+                d >= Duration::from_millis(38) && d <= Duration::from_millis(42),
+                "{d:?}"
+            );
+        }
     }
 
     #[tokio::test]
