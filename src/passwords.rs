@@ -310,7 +310,8 @@ impl HashPool {
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             limit: workers + queue,
-            // Made once so unknown users cost the same as known ones.
+            // What an unknown name is checked against when the copied
+            // times need refreshing.
             dummy,
             timing: None,
             recent,
