@@ -10,6 +10,10 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 use portcullis::policy::{load, Request, Subject};
 
+// The gateway binary runs on mimalloc; measure the pieces on it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn policy_text(rules: usize) -> String {
     let mut t = String::from("[groups.staff]\npermissions = [\"reports.view\"]\n");
     for i in 0..rules.saturating_sub(1) {

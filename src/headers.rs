@@ -136,13 +136,34 @@ pub struct IdentityHeaders {
 /// A header ready to insert (cloning either is a reference count).
 type Prepared = (HeaderName, HeaderValue);
 
-type IdentityCache =
-    parking_lot::RwLock<std::collections::HashMap<String, (Arc<User>, Arc<[Prepared]>)>>;
+/// foldhash, not SipHash: it is looked up on every signed-in request, and
+/// its keys are the names of accounts an administrator created.
+type IdentityCache = parking_lot::RwLock<
+    std::collections::HashMap<String, (Arc<User>, Arc<[Prepared]>), foldhash::fast::RandomState>,
+>;
 
 /// The client's address as a header value. IPv4, nearly every request, is
 /// written digit by digit: `to_string` goes through the formatting
 /// machinery, about a thousand instructions on the hot path.
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    // A connection's requests all come from one address, and most of a
+    // thread's connections from few: the last value is kept per thread,
+    // and cloning it is a reference count, not an allocation and a copy.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, v)) if *at == ip => v.clone(),
+        _ => {
+            let v = ip_value_uncached(ip);
+            *last = Some((ip, v.clone()));
+            v
+        }
+    })
+}
+
+fn ip_value_uncached(ip: IpAddr) -> HeaderValue {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static(""));
     };
@@ -275,7 +296,7 @@ impl IdentityHeaders {
 
     /// True if the gateway owns this header name and a client's copy must go.
     pub fn is_owned(&self, name: &str) -> bool {
-        if self.drop_underscore && name.contains('_') {
+        if self.drop_underscore && memchr::memchr(b'_', name.as_bytes()).is_some() {
             return true;
         }
         // A one-letter name (only a configured one could be owned) skips

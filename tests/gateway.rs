@@ -784,11 +784,20 @@ fn a_websocket_does_not_outlive_its_session_or_its_permission() {
         tunnel_echoes(&mut plain, b"still mine"),
         "a tunnel the user may still hold is left open"
     );
-    let closed: Vec<_> = gw
-        .audit()
-        .into_iter()
-        .filter(|e| e["event"] == "tunnel_closed")
-        .collect();
+    // The audit file is written by its own thread: give the last line a
+    // moment to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let closed: Vec<_> = loop {
+        let closed: Vec<_> = gw
+            .audit()
+            .into_iter()
+            .filter(|e| e["event"] == "tunnel_closed")
+            .collect();
+        if closed.len() >= 3 || std::time::Instant::now() > deadline {
+            break closed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(closed.len(), 3, "{closed:?}");
     assert_eq!(closed[2]["reason"], "forbidden", "{closed:?}");
     assert_eq!(closed[2]["user"], "stan", "{closed:?}");

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -206,16 +207,18 @@ impl Gateway {
 }
 
 /// The policy's decision for this request and user (`None`: anonymous).
+/// `host` is the request's `Host` header, already found by [`malformed`].
 /// A case-insensitive policy compares case-insensitively itself.
 fn decide<'p>(
     policy: &'p Policy,
     req: &RequestHeader,
+    host: Option<&HeaderValue>,
     target: Option<&Target>,
     user: Option<&User>,
 ) -> Decision<'p> {
     // Most policies have no host rules; the host is then not worked out.
     let host = if policy.uses_hosts() {
-        request_host(req)
+        request_host(req, host)
     } else {
         ""
     };
@@ -250,49 +253,65 @@ fn sent_content_length(session: &Session) -> bool {
 
 /// Why a request cannot be read one way only, if it cannot: each of these
 /// lets the gateway and the app (or a server between them) disagree on
-/// what was asked.
-fn malformed(session: &Session) -> Option<&'static str> {
+/// what was asked. Otherwise the request's one `Host` value, if it sent
+/// one. The headers are read in one pass: a lookup by name hashes it, and
+/// this runs on every request.
+fn malformed(session: &Session) -> Result<Option<&HeaderValue>, &'static str> {
     let req = session.req_header();
     if !canonical::method_is_canonical(&req.method) {
-        return Some("method not in upper case");
+        return Err("method not in upper case");
     }
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session) {
-        return Some("both Content-Length and Transfer-Encoding");
-    }
-    // Only plain `chunked` framing is understood here: `gzip, chunked`
-    // would be forwarded as plain chunked, and the app would get
-    // compressed bytes it was not told about.
-    let mut codings = req
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
-    if let Some(first) = codings.next() {
-        if !first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some() {
-            return Some("Transfer-Encoding other than chunked");
+    let mut host = None;
+    let mut hosts = 0;
+    let mut transfer_encoding = false;
+    // Codings across every `Transfer-Encoding` value, in order.
+    let mut codings = 0;
+    let mut first_is_chunked = false;
+    for (name, value) in &req.headers {
+        if name == http::header::HOST {
+            hosts += 1;
+            host.get_or_insert(value);
+        } else if name == http::header::CONTENT_LENGTH {
+            // `Content-Length: 3, 3` is read as 3 by some servers and
+            // refused by others; only plain digits are passed on.
+            if value.is_empty() || !value.as_bytes().iter().all(u8::is_ascii_digit) {
+                return Err("Content-Length is not a number");
+            }
+        } else if name == http::header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            for c in value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
+                if c.is_empty() {
+                    continue;
+                }
+                if codings == 0 {
+                    first_is_chunked = c.eq_ignore_ascii_case(b"chunked");
+                }
+                codings += 1;
+            }
         }
     }
-    // `Content-Length: 3, 3` is read as 3 by some servers and refused by
-    // others; only plain digits are passed on.
-    if req
-        .headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-    {
-        return Some("Content-Length is not a number");
+    if transfer_encoding {
+        if sent_content_length(session) {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        // Only plain `chunked` framing is understood here: `gzip, chunked`
+        // would be forwarded as plain chunked, and the app would get
+        // compressed bytes it was not told about.
+        if codings > 0 && (!first_is_chunked || codings > 1) {
+            return Err("Transfer-Encoding other than chunked");
+        }
     }
-    let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Some("more than one Host header");
+    if hosts > 1 {
+        return Err("more than one Host header");
     }
     match host {
-        None if req.version >= http::Version::HTTP_11 => Some("no Host header"),
-        Some(h) if !canonical::host_is_valid(h.as_bytes()) => Some("malformed Host header"),
-        _ => None,
+        None if req.version >= http::Version::HTTP_11 => Err("no Host header"),
+        Some(h) if !canonical::host_is_valid(h.as_bytes()) => Err("malformed Host header"),
+        h => Ok(h),
     }
 }
 
@@ -404,16 +423,13 @@ fn scrub_cookies(headers: &http::HeaderMap, ours: &[&str]) -> Option<Option<Head
     })
 }
 
-/// The request's host without port, for host rules.
-fn request_host(req: &RequestHeader) -> &str {
+/// The request's host without port, for host rules: the absolute-form
+/// target's, else the `Host` header's.
+fn request_host<'r>(req: &'r RequestHeader, host: Option<&'r HeaderValue>) -> &'r str {
     let raw = req
         .uri
         .host()
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| host.and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     strip_port(raw)
 }
@@ -422,8 +438,8 @@ fn strip_port(h: &str) -> &str {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match h.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+    match memchr::memrchr(b':', h.as_bytes()) {
+        Some(i) if h.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &h[..i],
         _ => h,
     }
 }
@@ -455,6 +471,13 @@ impl ProxyHttp for Gateway {
             tunnel_next_check: 0,
         }
     }
+
+    /// No downstream modules. Pingora's default adds its response
+    /// compression module switched off, which still builds a context and
+    /// runs on every request and every body chunk (~900 instructions a
+    /// request); the gateway never compresses, and the app's own encoding
+    /// passes through untouched.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn early_request_filter(
         &self,
@@ -496,15 +519,18 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        if let Some(why) = malformed(session) {
-            ctx.decision = "bad_request";
-            app.metrics.rejected.inc();
-            self.bad_request(session, why).await?;
-            return Ok(true);
-        }
+        let host = match malformed(session) {
+            Ok(host) => host,
+            Err(why) => {
+                ctx.decision = "bad_request";
+                app.metrics.rejected.inc();
+                self.bad_request(session, why).await?;
+                return Ok(true);
+            }
+        };
         let req = session.req_header();
-        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-        let target = match canonical::canonicalize(req.raw_path(), host) {
+        let target = match canonical::canonicalize(req.raw_path(), host.map(HeaderValue::as_bytes))
+        {
             Ok(t) => t,
             Err(e) => {
                 ctx.decision = "bad_request";
@@ -559,6 +585,7 @@ impl ProxyHttp for Gateway {
         let decision = decide(
             &policy,
             session.req_header(),
+            host,
             ctx.target.as_ref(),
             ctx.user.as_deref(),
         );

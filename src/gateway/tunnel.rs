@@ -86,9 +86,11 @@ impl Gateway {
             },
         };
         let policy = self.app.policy.current();
+        let req = session.req_header();
         let decision = decide(
             &policy,
-            session.req_header(),
+            req,
+            req.headers.get(http::header::HOST),
             ctx.target.as_ref(),
             user.as_deref(),
         );
