@@ -1734,6 +1734,56 @@ fn kept_up(st: &Stats, rate: f64, dur: Duration) -> bool {
     st.ok as f64 >= 0.98 * scheduled && (st.backlog as f64) < 0.01 * scheduled
 }
 
+/// The CPU time (user and system clock ticks, from /proc) used by the
+/// thread Pingora runs a proxy's requests on. A shared VM moves
+/// throughput by tens of per cent from one slice to the next; the CPU a
+/// request costs moves much less, so the interleaved scenarios report it
+/// next to the rates.
+struct ThreadCpu(PathBuf);
+
+impl ThreadCpu {
+    /// The thread of process `pid` that Pingora named after its HTTP
+    /// proxy service (the kernel keeps 15 bytes of the name). The gateway
+    /// runs a second one for /metrics once scraped; the request thread is
+    /// the one that has used the most CPU, since warm-up traffic precedes
+    /// every measurement.
+    fn find(pid: u32) -> Option<ThreadCpu> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("Pingora HTTP"))
+            })
+            .map(|t| ThreadCpu(t.path().join("stat")))
+            .max_by_key(|t| t.ticks().map_or(0, |(u, s)| u + s))
+    }
+
+    fn ticks(&self) -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string(&self.0).ok()?;
+        // Fields 14 and 15 overall, after the name (which may hold spaces).
+        let rest = stat.rsplit_once(')')?.1;
+        let mut f = rest.split_whitespace().skip(11);
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    }
+}
+
+/// The request threads of both sides of an interleaved run: the
+/// passthrough's in this process, the gateway's in its child.
+struct CpuProbes {
+    a: Option<ThreadCpu>,
+    b: Option<ThreadCpu>,
+}
+
+impl CpuProbes {
+    fn new(gateway: Option<u32>) -> CpuProbes {
+        CpuProbes {
+            a: ThreadCpu::find(std::process::id()),
+            b: gateway.and_then(ThreadCpu::find),
+        }
+    }
+}
+
 /// Alternating slices of two loads (A first in even pairs, B first in odd
 /// ones, so drift hits both alike); returns the merged stats of each.
 async fn interleaved(
@@ -1742,6 +1792,7 @@ async fn interleaved(
     plan: &Plan,
     pairs: usize,
     slices: &mut Vec<Value>,
+    cpu: &CpuProbes,
 ) -> anyhow::Result<(Stats, Stats)> {
     let (mut sa, mut sb) = (Stats::new(), Stats::new());
     for i in 0..pairs {
@@ -1752,11 +1803,17 @@ async fn interleaved(
         };
         let mut pair = serde_json::Map::new();
         for (is_a, l) in order {
+            let probe = if is_a { &cpu.a } else { &cpu.b };
+            let before = probe.as_ref().and_then(ThreadCpu::ticks);
             let st = closed_loop(l, plan.conns, plan.slice).await?;
-            pair.insert(
-                if is_a { "a_rate" } else { "b_rate" }.into(),
-                json!(round1(st.rate())),
-            );
+            let after = probe.as_ref().and_then(ThreadCpu::ticks);
+            let side = if is_a { "a" } else { "b" };
+            pair.insert(format!("{side}_rate"), json!(round1(st.rate())));
+            if let (Some(t0), Some(t1)) = (before, after) {
+                pair.insert(format!("{side}_ok"), json!(st.ok));
+                pair.insert(format!("{side}_user_ticks"), json!(t1.0 - t0.0));
+                pair.insert(format!("{side}_sys_ticks"), json!(t1.1 - t0.1));
+            }
             let dst = if is_a { &mut sa } else { &mut sb };
             let elapsed = dst.elapsed + st.elapsed;
             dst.merge(st);
@@ -1819,6 +1876,47 @@ fn pair_ratios(slices: &[Value]) -> Vec<f64> {
         .iter()
         .filter_map(|p| Some(p["b_rate"].as_f64()? / p["a_rate"].as_f64()?))
         .collect()
+}
+
+/// One side's (user, system) CPU µs a request over all of `interleaved`'s
+/// slices, when its request thread could be watched.
+fn cpu_per_request(slices: &[Value], side: &str) -> Option<(f64, f64)> {
+    let sum = |k: &str| -> Option<u64> {
+        slices
+            .iter()
+            .map(|p| p[format!("{side}_{k}")].as_u64())
+            .sum()
+    };
+    let ok = sum("ok").filter(|&n| n > 0)? as f64;
+    // USER_HZ is 100 on Linux: a tick is 10 ms.
+    let us = |t: u64| t as f64 * 10_000.0 / ok;
+    Some((us(sum("user_ticks")?), us(sum("sys_ticks")?)))
+}
+
+impl Report {
+    /// Both sides' CPU a request and their ratio, for information (the
+    /// targets are on throughput).
+    fn cpu_figs(&mut self, keys: [&'static str; 3], scenario: &str, slices: &[Value]) {
+        let (Some(a), Some(b)) = (cpu_per_request(slices, "a"), cpu_per_request(slices, "b"))
+        else {
+            return;
+        };
+        let what = |side: &str, c: (f64, f64)| {
+            format!(
+                "{scenario} CPU a request, {side} ({:.1} user + {:.1} system)",
+                c.0, c.1
+            )
+        };
+        self.fig(keys[0], what("passthrough", a), a.0 + a.1, "µs", None);
+        self.fig(keys[1], what("gateway", b), b.0 + b.1, "µs", None);
+        self.fig(
+            keys[2],
+            format!("{scenario} passthrough / gateway CPU a request"),
+            (a.0 + a.1) / (b.0 + b.1),
+            "",
+            None,
+        );
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -2220,8 +2318,15 @@ async fn scenarios(
     // 2. Signed-in, hot cache.
     step("2. passthrough vs gateway, signed in (hot session cache), interleaved");
     let mut slices = Vec::new();
-    let (st_pt, st_gw) =
-        interleaved(&pt_signed, &gw_signed, plan, plan.pairs_signed, &mut slices).await?;
+    let (st_pt, st_gw) = interleaved(
+        &pt_signed,
+        &gw_signed,
+        plan,
+        plan.pairs_signed,
+        &mut slices,
+        &CpuProbes::new(gw.pid()),
+    )
+    .await?;
     rep.strict("passthrough", &st_pt);
     rep.strict("gateway signed-in", &st_gw);
     let pt_rate = st_pt.rate();
@@ -2280,6 +2385,15 @@ async fn scenarios(
         "",
         None,
     );
+    rep.cpu_figs(
+        [
+            "signed_in_cpu_pt",
+            "signed_in_cpu_gw",
+            "signed_in_cpu_ratio",
+        ],
+        "2.",
+        &slices,
+    );
 
     // 4. Denied traffic.
     step("4. denied traffic (401, 302, 403) vs passthrough, interleaved");
@@ -2300,8 +2414,15 @@ async fn scenarios(
     let pt_denied = Load::new(pt, via_passthrough(pt, &denied_reqs, ga), Pick::Cycle);
     let gw_denied = Load::new(ga, denied_reqs, Pick::Cycle);
     let mut slices = Vec::new();
-    let (st_ptd, st_gwd) =
-        interleaved(&pt_denied, &gw_denied, plan, plan.pairs_denied, &mut slices).await?;
+    let (st_ptd, st_gwd) = interleaved(
+        &pt_denied,
+        &gw_denied,
+        plan,
+        plan.pairs_denied,
+        &mut slices,
+        &CpuProbes::new(gw.pid()),
+    )
+    .await?;
     rep.strict("passthrough (denied mix)", &st_ptd);
     rep.strict("gateway denied", &st_gwd);
     rep.fig(
@@ -2752,8 +2873,15 @@ async fn scenarios(
     let st = closed_loop(&gw_cold, plan.conns, plan.warmup).await?;
     rep.strict("cold warm-up", &st);
     let mut slices = Vec::new();
-    let (st_ptc, st_gwc) =
-        interleaved(&pt_cold, &gw_cold, plan, plan.pairs_cold, &mut slices).await?;
+    let (st_ptc, st_gwc) = interleaved(
+        &pt_cold,
+        &gw_cold,
+        plan,
+        plan.pairs_cold,
+        &mut slices,
+        &CpuProbes::new(gw.pid()),
+    )
+    .await?;
     rep.strict("passthrough (cold twin)", &st_ptc);
     rep.strict("gateway cold sessions", &st_gwc);
     gw.stop();
@@ -2781,6 +2909,11 @@ async fn scenarios(
         "",
         None,
     );
+    rep.cpu_figs(
+        ["cold_cpu_pt", "cold_cpu_gw", "cold_cpu_ratio"],
+        "3.",
+        &slices,
+    );
     rep.scenarios.insert(
         "3_cold_sessions".into(),
         json!({ "sessions": cookies.len(), "cache_entries": 1000, "passthrough": st_ptc.json(), "gateway": st_gwc.json(), "slices_a_passthrough_b_gateway": slices }),
@@ -2800,8 +2933,15 @@ async fn scenarios(
     let st = closed_loop(&gw_logged, plan.conns, plan.warmup).await?;
     rep.strict("access-log warm-up", &st);
     let mut slices = Vec::new();
-    let (st_ptl, st_gwl) =
-        interleaved(&pt_logged, &gw_logged, plan, plan.pairs_logged, &mut slices).await?;
+    let (st_ptl, st_gwl) = interleaved(
+        &pt_logged,
+        &gw_logged,
+        plan,
+        plan.pairs_logged,
+        &mut slices,
+        &CpuProbes::new(gw.pid()),
+    )
+    .await?;
     rep.strict("passthrough (access-log twin)", &st_ptl);
     rep.strict("gateway with access log", &st_gwl);
     gw.stop();

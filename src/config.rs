@@ -272,6 +272,9 @@ struct RawUpstream {
     read_timeout: Option<Spanned<DurationValue>>,
 }
 
+/// sled's page cache bound when `[storage] cache_mb` is not set.
+const DEFAULT_CACHE_MB: u64 = 128;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawStorage {
@@ -809,7 +812,15 @@ impl Config {
             upstream: upstream_cfg,
             storage: StorageConfig {
                 path: rel(storage.path.as_deref().unwrap_or("data")),
-                cache_bytes: storage.cache_mb.unwrap_or(32) * 1024 * 1024,
+                // sled counts a page in its cache by the page's size on
+                // disk, several times its live bytes for randomly keyed
+                // sessions (about 50 MB per 100 000); a cache below that
+                // sends lookups of sessions outside the session cache to
+                // the disk. Memory follows what is read, not this bound.
+                cache_bytes: storage
+                    .cache_mb
+                    .unwrap_or(DEFAULT_CACHE_MB)
+                    .saturating_mul(1024 * 1024),
             },
             policy: PolicyConfig {
                 files: policy
