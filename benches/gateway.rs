@@ -1901,6 +1901,10 @@ impl Report {
         else {
             return;
         };
+        // A smoke run's slices can be shorter than one 10 ms tick.
+        if a.0 + a.1 <= 0.0 || b.0 + b.1 <= 0.0 {
+            return;
+        }
         let what = |side: &str, c: (f64, f64)| {
             format!(
                 "{scenario} CPU a request, {side} ({:.1} user + {:.1} system)",
