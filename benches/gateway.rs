@@ -1768,32 +1768,22 @@ impl ThreadCpu {
     }
 }
 
-/// The request threads of both sides of an interleaved run: the
-/// passthrough's in this process, the gateway's in its child.
-struct CpuProbes {
-    a: Option<ThreadCpu>,
-    b: Option<ThreadCpu>,
-}
-
-impl CpuProbes {
-    fn new(gateway: Option<u32>) -> CpuProbes {
-        CpuProbes {
-            a: ThreadCpu::find(std::process::id()),
-            b: gateway.and_then(ThreadCpu::find),
-        }
-    }
-}
-
 /// Alternating slices of two loads (A first in even pairs, B first in odd
 /// ones, so drift hits both alike); returns the merged stats of each.
+/// With the gateway's process id, each slice also records the CPU its
+/// side's request thread used (see [`ThreadCpu`]).
 async fn interleaved(
     a: &Load,
     b: &Load,
     plan: &Plan,
     pairs: usize,
     slices: &mut Vec<Value>,
-    cpu: &CpuProbes,
+    gateway: Option<u32>,
 ) -> anyhow::Result<(Stats, Stats)> {
+    // The passthrough's request thread is in this process, the gateway's
+    // in its child.
+    let probe_a = ThreadCpu::find(std::process::id());
+    let probe_b = gateway.and_then(ThreadCpu::find);
     let (mut sa, mut sb) = (Stats::new(), Stats::new());
     for i in 0..pairs {
         let order: [(bool, &Load); 2] = if i % 2 == 0 {
@@ -1803,7 +1793,7 @@ async fn interleaved(
         };
         let mut pair = serde_json::Map::new();
         for (is_a, l) in order {
-            let probe = if is_a { &cpu.a } else { &cpu.b };
+            let probe = if is_a { &probe_a } else { &probe_b };
             let before = probe.as_ref().and_then(ThreadCpu::ticks);
             let st = closed_loop(l, plan.conns, plan.slice).await?;
             let after = probe.as_ref().and_then(ThreadCpu::ticks);
@@ -2328,7 +2318,7 @@ async fn scenarios(
         plan,
         plan.pairs_signed,
         &mut slices,
-        &CpuProbes::new(gw.pid()),
+        gw.pid(),
     )
     .await?;
     rep.strict("passthrough", &st_pt);
@@ -2424,7 +2414,7 @@ async fn scenarios(
         plan,
         plan.pairs_denied,
         &mut slices,
-        &CpuProbes::new(gw.pid()),
+        gw.pid(),
     )
     .await?;
     rep.strict("passthrough (denied mix)", &st_ptd);
@@ -2883,7 +2873,7 @@ async fn scenarios(
         plan,
         plan.pairs_cold,
         &mut slices,
-        &CpuProbes::new(gw.pid()),
+        gw.pid(),
     )
     .await?;
     rep.strict("passthrough (cold twin)", &st_ptc);
@@ -2943,7 +2933,7 @@ async fn scenarios(
         plan,
         plan.pairs_logged,
         &mut slices,
-        &CpuProbes::new(gw.pid()),
+        gw.pid(),
     )
     .await?;
     rep.strict("passthrough (access-log twin)", &st_ptl);
