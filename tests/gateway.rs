@@ -784,20 +784,17 @@ fn a_websocket_does_not_outlive_its_session_or_its_permission() {
         tunnel_echoes(&mut plain, b"still mine"),
         "a tunnel the user may still hold is left open"
     );
-    // The audit file is written by its own thread: give the last line a
-    // moment to land.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let closed: Vec<_> = loop {
-        let closed: Vec<_> = gw
-            .audit()
-            .into_iter()
+    let tunnel_closed = |events: &[serde_json::Value]| {
+        events
+            .iter()
             .filter(|e| e["event"] == "tunnel_closed")
-            .collect();
-        if closed.len() >= 3 || std::time::Instant::now() > deadline {
-            break closed;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+            .count()
     };
+    let closed: Vec<_> = gw
+        .audit_when(|events| tunnel_closed(events) >= 3)
+        .into_iter()
+        .filter(|e| e["event"] == "tunnel_closed")
+        .collect();
     assert_eq!(closed.len(), 3, "{closed:?}");
     assert_eq!(closed[2]["reason"], "forbidden", "{closed:?}");
     assert_eq!(closed[2]["user"], "stan", "{closed:?}");

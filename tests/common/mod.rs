@@ -215,6 +215,23 @@ impl Gw {
             .collect()
     }
 
+    /// The audit events once `done` holds for them, or as they are after
+    /// 10 s: the audit file is written by its own thread, so a test that
+    /// just caused an event may read the file before the line lands.
+    pub fn audit_when(
+        &self,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.audit();
+            if done(&events) || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Graceful stop (SIGTERM) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
