@@ -279,7 +279,7 @@ const DEFAULT_CACHE_MB: u64 = 128;
 #[serde(deny_unknown_fields, default)]
 struct RawStorage {
     path: Option<String>,
-    cache_mb: Option<u64>,
+    cache_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -459,6 +459,7 @@ impl Config {
         let mut log = RawLog::default();
         let mut ui = RawUi::default();
         let mut user_fields: Vec<UserField> = Vec::new();
+        let mut field_spans: Vec<Option<std::ops::Range<usize>>> = Vec::new();
 
         for (key, value) in doc.get_ref().iter() {
             macro_rules! take {
@@ -500,11 +501,12 @@ impl Config {
                         }
                         if let Some(h) = &f.header {
                             if http::HeaderName::from_bytes(h.as_bytes()).is_err() || h.contains('_') {
-                                report.push(src.error(Some(item.span()), format!("invalid header name {h:?}: use letters, digits and -")));
+                                report.push(src.error(Some(key_span(item, "header").unwrap_or_else(|| item.span())), format!("invalid header name {h:?}: use letters, digits and -")));
                                 continue;
                             }
                         }
                         user_fields.push(f);
+                        field_spans.push(Some(key_span(item, "header").unwrap_or_else(|| item.span())));
                     }
                 }
                 other => report.push(src.error(
@@ -609,6 +611,18 @@ impl Config {
                 )),
             }
         }
+        // sled refuses (panics on) a page cache below 256 bytes.
+        let cache_mb = match &storage.cache_mb {
+            Some(m) if *m.get_ref() == 0 => {
+                report.push(src.error(
+                    span(m),
+                    "cache_mb must be at least 1 (MiB); leave it out for the default, 128",
+                ));
+                DEFAULT_CACHE_MB
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_CACHE_MB,
+        };
         let threads = match &server.threads {
             Some(t) if *t.get_ref() == 0 => {
                 report.push(src.error(span(t), "threads must be at least 1"));
@@ -726,6 +740,49 @@ impl Config {
             name: check_header(&headers.name),
             preferred_username: check_header(&headers.preferred_username),
         };
+        // An identity value in a header the gateway sets, or two values in
+        // one header, would let one overwrite the other upstream.
+        let overrides = [
+            &headers.user,
+            &headers.email,
+            &headers.groups,
+            &headers.name,
+            &headers.preferred_username,
+        ];
+        for h in overrides.iter().copied().flatten() {
+            if let Some(why) = crate::headers::header_conflict(h.get_ref(), &[]) {
+                report.push(src.error(span(h), why));
+            }
+        }
+        let sent = crate::headers::identity_names(&headers_cfg);
+        for (i, (n, what)) in sent.iter().enumerate() {
+            if let Some((_, other)) = sent[..i].iter().find(|(m, w)| m == n && w != what) {
+                let at = overrides
+                    .iter()
+                    .copied()
+                    .flatten()
+                    .find(|h| crate::headers::normalised(h.get_ref()) == *n);
+                report.push(src.error(
+                    at.and_then(|h| span(h)),
+                    format!(
+                        "header {n:?} would carry both {other} and {what}; give each its own name"
+                    ),
+                ));
+            }
+        }
+        let mut taken = crate::headers::taken_for_fields(&headers_cfg);
+        for (f, at) in user_fields.iter().zip(&field_spans) {
+            let Some(h) = &f.header else { continue };
+            match crate::headers::header_conflict(h, &taken) {
+                Some(why) => {
+                    report.push(src.error(at.clone(), format!("field {:?}: {why}", f.name)))
+                }
+                None => taken.push((
+                    crate::headers::normalised(h),
+                    format!("the field {:?}", f.name),
+                )),
+            }
+        }
 
         let metrics_cfg = metrics.and_then(|m| match m.listen.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(MetricsConfig { listen: a }),
@@ -817,10 +874,7 @@ impl Config {
                 // sessions (about 50 MB per 100 000); a cache below that
                 // sends lookups of sessions outside the session cache to
                 // the disk. Memory follows what is read, not this bound.
-                cache_bytes: storage
-                    .cache_mb
-                    .unwrap_or(DEFAULT_CACHE_MB)
-                    .saturating_mul(1024 * 1024),
+                cache_bytes: cache_mb.saturating_mul(1024 * 1024),
             },
             policy: PolicyConfig {
                 files: policy
@@ -879,6 +933,16 @@ fn value_span(
 ) -> Option<std::ops::Range<usize>> {
     let (_, sec) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
     let toml::de::DeValue::Table(t) = sec.get_ref() else {
+        return None;
+    };
+    t.iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v.span())
+}
+
+/// The span of `key`'s value in one table (an array-of-tables item).
+fn key_span(item: &Spanned<toml::de::DeValue<'_>>, key: &str) -> Option<std::ops::Range<usize>> {
+    let toml::de::DeValue::Table(t) = item.get_ref() else {
         return None;
     };
     t.iter()
@@ -1070,6 +1134,73 @@ mod tests {
         let d = r.errors().next().unwrap();
         assert_eq!(d.line, 4, "{r}");
         assert!(d.message.contains("duration"), "{r}");
+    }
+
+    /// A custom field or a renamed identity header must not carry a value
+    /// where the app reads the user, or where the gateway sets its own.
+    #[test]
+    fn identity_headers_cannot_be_overwritten_by_config() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+        let field = |preset: &str, header: &str| {
+            format!("{base}[headers]\npreset = \"{preset}\"\n[[user_fields]]\nname = \"department\"\nheader = \"{header}\"\n")
+        };
+        for (preset, header, why) in [
+            ("authelia", "Remote-User", "the username"),
+            ("authelia", "REMOTE-USER", "the username"),
+            ("portcullis", "X-Forwarded-Groups", "the groups"),
+            ("authelia", "X-Forwarded-User", "another gateway"),
+            ("portcullis", "X-Auth-Request-Email", "another gateway"),
+            ("portcullis", "Host", "set by the gateway"),
+            ("portcullis", "X-Forwarded-For", "set by the gateway"),
+            ("portcullis", "Content-Length", "frames the request"),
+        ] {
+            let (_, r) = parse(&field(preset, header));
+            assert!(r.has_errors(), "{preset} {header} accepted");
+            let d = r.errors().next().unwrap();
+            assert_eq!(d.line, 7, "{r}");
+            assert!(d.message.contains(why), "{header}: {r}");
+        }
+        let (_, r) = parse(&field("portcullis", "X-Forwarded-Department"));
+        assert!(!r.has_errors(), "{r}");
+
+        let twice = format!("{base}[[user_fields]]\nname = \"a\"\nheader = \"X-Team\"\n[[user_fields]]\nname = \"b\"\nheader = \"x-team\"\n");
+        let (_, r) = parse(&twice);
+        assert!(
+            r.has_errors() && r.to_string().contains("the field \"a\""),
+            "{r}"
+        );
+
+        for (key, header, why) in [
+            ("user", "Cookie", "set by the gateway"),
+            (
+                "email",
+                "X-Forwarded-User",
+                "both the username and the email",
+            ),
+            ("name", "x-forwarded-groups", "both the groups and the name"),
+        ] {
+            let (_, r) = parse(&format!("{base}[headers]\n{key} = \"{header}\"\n"));
+            assert!(r.has_errors(), "{key} = {header} accepted");
+            let d = r.errors().next().unwrap();
+            assert_eq!((d.line, d.message.contains(why)), (4, true), "{r}");
+        }
+        let (c, r) = parse(&format!(
+            "{base}[headers]\npreset = \"oauth2-proxy\"\nuser = \"X-User\"\n"
+        ));
+        assert!(!r.has_errors(), "{r}");
+    }
+
+    #[test]
+    fn a_zero_sized_store_cache_is_refused() {
+        let (_, r) =
+            parse("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[storage]\ncache_mb = 0\n");
+        let d = r.errors().next().unwrap();
+        assert_eq!((d.line, d.column), (4, 12), "{r}");
+        assert!(d.message.contains("at least 1"), "{r}");
+        let (c, r) =
+            parse("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[storage]\ncache_mb = 1\n");
+        assert!(!r.has_errors(), "{r}");
+        assert_eq!(c.unwrap().storage.cache_bytes, 1024 * 1024);
     }
 
     #[test]

@@ -69,6 +69,144 @@ const OWNED_PREFIXES: &[&str] = &[
     "x-oidc-",                    // mod_auth_openidc behind a proxy
 ];
 
+/// Names the gateway sets itself or that frame the request: no identity
+/// value may be sent in one (normalised like [`OWNED_EXACT`]).
+const GATEWAY_SET: &[&str] = &[
+    "host",
+    "cookie",
+    "authorization",
+    "proxy-authorization",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Every preset's identity headers, and the other common spellings of a
+/// user header: an app set up for any of them reads the value as the user.
+const IDENTITY_ANYWHERE: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-name",
+    "x-forwarded-preferred-username",
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-remote-user",
+];
+
+/// Why a configured header cannot carry an identity value, if it cannot:
+/// it frames the request, the gateway sets it, or it is already taken by
+/// another identity value. `taken` holds the names already in use, each
+/// with what it carries.
+pub fn header_conflict(name: &str, taken: &[(String, String)]) -> Option<String> {
+    let norm = normalised(name);
+    if GATEWAY_SET.contains(&norm.as_str()) {
+        return Some(format!(
+            "{name:?} is set by the gateway or frames the request; pick a name of your own, like \"X-Forwarded-Department\""
+        ));
+    }
+    if let Some((_, what)) = taken.iter().find(|(n, _)| *n == norm) {
+        return Some(format!(
+            "{name:?} already carries {what}; one header, one value"
+        ));
+    }
+    None
+}
+
+/// The normalised form of a header name (see [`normalise`]).
+pub fn normalised(name: &str) -> String {
+    name.bytes().map(|c| char::from(fold(c))).collect()
+}
+
+/// The identity headers a config sends, normalised, each with what it
+/// carries (for [`header_conflict`]).
+pub fn identity_names(cfg: &HeadersConfig) -> Vec<(String, String)> {
+    let (user, email, groups, name) = preset_names(cfg.preset);
+    let pick = |over: &Option<String>, preset: Vec<&'static str>| -> Vec<String> {
+        match over {
+            Some(o) => vec![o.clone()],
+            None => preset.into_iter().map(String::from).collect(),
+        }
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |names: Vec<String>, what: &str| {
+        out.extend(names.iter().map(|n| (normalised(n), what.to_string())));
+    };
+    add(pick(&cfg.user, user), "the username");
+    add(
+        cfg.preferred_username.iter().cloned().collect(),
+        "the username",
+    );
+    add(pick(&cfg.email, email), "the email");
+    add(pick(&cfg.groups, groups), "the groups");
+    add(pick(&cfg.name, name), "the name");
+    out
+}
+
+/// The names a custom field's header may not take: the identity headers
+/// this config sends, and every other gateway's user headers, which an app
+/// moved from behind one of them reads as the user.
+pub fn taken_for_fields(cfg: &HeadersConfig) -> Vec<(String, String)> {
+    let mut out = identity_names(cfg);
+    for n in IDENTITY_ANYWHERE {
+        if !out.iter().any(|(o, _)| o == n) {
+            out.push((
+                n.to_string(),
+                "identity for another gateway's apps".to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// A preset's header names: user, email, groups, name.
+type PresetNames = (
+    Vec<&'static str>,
+    Vec<&'static str>,
+    Vec<&'static str>,
+    Vec<&'static str>,
+);
+
+fn preset_names(preset: HeaderPreset) -> PresetNames {
+    match preset {
+        HeaderPreset::Portcullis => (
+            vec!["x-forwarded-user"],
+            vec!["x-forwarded-email"],
+            vec!["x-forwarded-groups"],
+            vec!["x-forwarded-name"],
+        ),
+        HeaderPreset::Oauth2Proxy => (
+            vec!["x-forwarded-user", "x-forwarded-preferred-username"],
+            vec!["x-forwarded-email"],
+            vec!["x-forwarded-groups"],
+            vec![],
+        ),
+        HeaderPreset::Authelia => (
+            vec!["remote-user"],
+            vec!["remote-email"],
+            vec!["remote-groups"],
+            vec!["remote-name"],
+        ),
+    }
+}
+
 /// A header name read the way lenient servers read it: case-insensitive,
 /// with `_` and `.` taken as `-` (oauth2-proxy CVE-2025-64484). Written into
 /// `buf` when it fits (every owned name does), else into `spill`.
@@ -226,31 +364,7 @@ impl IdentityHeaders {
         drop_underscore: bool,
         trusted: Vec<ipnet::IpNet>,
     ) -> Self {
-        let (mut user, mut email, mut groups, mut name): (
-            Vec<&str>,
-            Vec<&str>,
-            Vec<&str>,
-            Vec<&str>,
-        ) = match cfg.preset {
-            HeaderPreset::Portcullis => (
-                vec!["x-forwarded-user"],
-                vec!["x-forwarded-email"],
-                vec!["x-forwarded-groups"],
-                vec!["x-forwarded-name"],
-            ),
-            HeaderPreset::Oauth2Proxy => (
-                vec!["x-forwarded-user", "x-forwarded-preferred-username"],
-                vec!["x-forwarded-email"],
-                vec!["x-forwarded-groups"],
-                vec![],
-            ),
-            HeaderPreset::Authelia => (
-                vec!["remote-user"],
-                vec!["remote-email"],
-                vec!["remote-groups"],
-                vec!["remote-name"],
-            ),
-        };
+        let (mut user, mut email, mut groups, mut name) = preset_names(cfg.preset);
         if let Some(u) = &cfg.user {
             user = vec![u.as_str()];
         }
