@@ -763,7 +763,7 @@ impl Config {
                     .flatten()
                     .find(|h| crate::headers::normalised(h.get_ref()) == *n);
                 report.push(src.error(
-                    at.and_then(|h| span(h)),
+                    at.and_then(span),
                     format!(
                         "header {n:?} would carry both {other} and {what}; give each its own name"
                     ),
@@ -1184,7 +1184,7 @@ mod tests {
             let d = r.errors().next().unwrap();
             assert_eq!((d.line, d.message.contains(why)), (4, true), "{r}");
         }
-        let (c, r) = parse(&format!(
+        let (_, r) = parse(&format!(
             "{base}[headers]\npreset = \"oauth2-proxy\"\nuser = \"X-User\"\n"
         ));
         assert!(!r.has_errors(), "{r}");
