@@ -148,6 +148,69 @@ fn hot_reload_applies_edits_and_refuses_broken_ones() {
         wait_for(|| status(&c, &gw, "GET", "/admin") == 403),
         "rename-save not applied"
     );
+
+    // An edit that parses but fails the policy's own tests is refused too:
+    // the tests say what the policy must never do.
+    let tested = format!(
+        "{}\n[[test]]\nname = \"admin stays staff-only\"\nuser = {{ groups = [] }}\npath = \"/admin\"\nexpect = \"deny\"\n",
+        DEFAULT_POLICY.replace("groups = [\"staff\"]", "allow = \"authenticated\"")
+    );
+    std::fs::write(gw.path("policy.toml"), &tested).unwrap();
+    assert!(
+        wait_for(|| gw
+            .log()
+            .contains("policy test `admin stays staff-only` failed: expected deny, got allow")),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&c, &gw, "GET", "/admin"), 403);
+}
+
+/// `serve` refuses to start on a policy whose `[[test]]` cases fail, as
+/// `check` does, instead of putting it in force.
+#[test]
+fn a_policy_failing_its_own_tests_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "{}\n[[test]]\nname = \"export needs the permission\"\nuser = {{ groups = [\"staff\"] }}\nmethod = \"POST\"\npath = \"/reports/export\"\nexpect = \"allow\"\n",
+        DEFAULT_POLICY
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve started on a policy whose tests fail");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("policy test `export needs the permission` failed: expected allow, got deny"),
+        "{err}"
+    );
+    assert!(err.contains("policy.toml:"), "the test's position: {err}");
+
+    let (code, out, _) = cli_with(&cfg, &["check", "--json"], None);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tests"][0]["got"], "deny", "{out}");
+    assert_eq!(v["errors"], 1, "a failed test counts as an error: {out}");
 }
 
 #[test]

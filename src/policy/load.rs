@@ -102,13 +102,25 @@ pub enum Expect {
 }
 
 impl Expect {
+    /// A decision in the words `[[test]]` cases use.
+    pub fn of(o: Outcome) -> Self {
+        match o {
+            Outcome::Allow => Expect::Allow,
+            Outcome::Forbidden => Expect::Deny,
+            Outcome::LoginRequired => Expect::Login,
+        }
+    }
+
     pub fn matches(&self, o: Outcome) -> bool {
-        matches!(
-            (self, o),
-            (Expect::Allow, Outcome::Allow)
-                | (Expect::Deny, Outcome::Forbidden)
-                | (Expect::Login, Outcome::LoginRequired)
-        )
+        *self == Expect::of(o)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+            Expect::Login => "login",
+        }
     }
 }
 
@@ -627,8 +639,35 @@ pub struct TestResult {
     pub origin: String,
     pub passed: bool,
     pub expected: Expect,
-    pub got: Outcome,
+    /// The decision, in the words `expect` uses.
+    pub got: Expect,
     pub rule: Option<String>,
+    #[serde(skip)]
+    at: Origin,
+}
+
+/// Every failed `[[test]]` case as an error at the case. A policy whose own
+/// tests fail is refused by `check`, at start and on reload alike: the
+/// tests say what the policy must do, so a policy that does otherwise is
+/// as wrong as one that does not parse.
+pub fn test_failures(results: &[TestResult]) -> Report {
+    let mut report = Report::default();
+    for t in results.iter().filter(|t| !t.passed) {
+        report.push(crate::diag::Diagnostic {
+            file: t.at.file.clone(),
+            line: t.at.line,
+            column: t.at.column,
+            severity: crate::diag::Severity::Error,
+            message: format!(
+                "policy test `{}` failed: expected {}, got {} (rule {})",
+                t.name,
+                t.expected.as_str(),
+                t.got.as_str(),
+                t.rule.as_deref().unwrap_or("none: no rule matched")
+            ),
+        });
+    }
+    report
 }
 
 pub fn run_tests(policy: &Policy) -> Vec<TestResult> {
@@ -655,8 +694,9 @@ pub fn run_tests(policy: &Policy) -> Vec<TestResult> {
                 origin: t.origin.to_string(),
                 passed: t.expect.matches(d.outcome),
                 expected: t.expect,
-                got: d.outcome,
+                got: Expect::of(d.outcome),
                 rule: d.rule.map(|r| r.label().to_string()),
+                at: t.origin.clone(),
             }
         })
         .collect()

@@ -32,9 +32,22 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Loads the policy files and runs their `[[test]]` cases; a failed case
+/// refuses the policy like an error in it.
+fn load_tested(files: &[PathBuf], case_insensitive: bool) -> Result<(Policy, Report), Report> {
+    let (policy, warnings) = super::load::load(files, case_insensitive)?;
+    let failures = super::load::test_failures(&super::load::run_tests(&policy));
+    if failures.has_errors() {
+        let mut report = warnings;
+        report.extend(failures);
+        return Err(report);
+    }
+    Ok((policy, warnings))
+}
+
 impl PolicyHandle {
     pub fn load(files: Vec<PathBuf>, case_insensitive: bool) -> Result<(Self, Report), Report> {
-        let (policy, warnings) = super::load::load(&files, case_insensitive)?;
+        let (policy, warnings) = load_tested(&files, case_insensitive)?;
         Ok((
             PolicyHandle {
                 current: ArcSwap::from_pointee(policy),
@@ -73,7 +86,7 @@ impl PolicyHandle {
         if self.files.is_empty() {
             return Ok(());
         }
-        match super::load::load(&self.files, self.case_insensitive) {
+        match load_tested(&self.files, self.case_insensitive) {
             Ok((policy, warnings)) => {
                 let rules = policy.rules.len();
                 self.current.store(Arc::new(policy));
