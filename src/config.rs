@@ -224,15 +224,9 @@ impl Default for UiConfig {
 
 // ---- raw, as written in the file ------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StrOrList {
-    One(String),
-    Many(Vec<String>),
-}
+use crate::diag::StrOrList;
 
-/// One address or a list. Untagged enums lose TOML positions, so the whole
-/// value carries the span.
+/// One address or a list; the whole value carries the span.
 #[derive(Default)]
 enum OneOrMany {
     #[default]
@@ -352,18 +346,30 @@ pub struct DurationValue(pub Duration);
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: whole seconds (90) or a number with a unit in quotes (\"90s\", \"30m\", \"12h\", \"7d\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                u64::try_from(v)
+                    .map(|s| DurationValue(Duration::from_secs(s)))
+                    .map_err(|_| E::custom(format!("a duration cannot be negative ({v})")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<DurationValue, E> {
+                Err(E::custom(format!(
+                    "{v} is not whole seconds: write a unit for parts of a second, like \"1500ms\""
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                parse_duration(v).map(DurationValue).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(DurationValue(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t)
-                .map(DurationValue)
-                .map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -375,7 +381,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("invalid duration {text:?}: write a number with a unit, like \"90s\", \"30m\", \"12h\" or \"7d\""))?;
     let mult = match unit.trim() {
-        "" | "s" => 1,
+        // In quotes, a bare number is more likely minutes or hours meant
+        // than seconds: say so rather than guess.
+        "" => {
+            return Err(format!(
+                "duration {text:?} has no unit: write \"{n}s\", \"{n}m\", \"{n}h\" or \"{n}d\" (a number without quotes is seconds)"
+            ))
+        }
+        "s" => 1,
         "ms" => return Ok(Duration::from_millis(n)),
         "m" | "min" => 60,
         "h" => 3600,
@@ -1190,6 +1203,35 @@ mod tests {
         assert!(!r.has_errors(), "{r}");
     }
 
+    /// Type errors say what to write, not which Rust type or serde enum
+    /// failed to match.
+    #[test]
+    fn type_errors_say_what_to_write() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+        for (text, want) in [
+            (
+                "[server]\nlisten = 8080\n",
+                "a string in quotes, or a list of them",
+            ),
+            ("[server]\nthreads = -1\n", "a whole number, 0 or more"),
+            ("[session]\nidle_timeout = -5\n", "cannot be negative"),
+            ("[server]\ngrace_period = 1.5\n", "\"1500ms\""),
+            ("[session]\nidle_timeout = \"30\"\n", "no unit"),
+            (
+                "[session]\nidle_timeout = true\n",
+                "whole seconds (90) or a number with a unit",
+            ),
+        ] {
+            let (_, r) = parse(&format!("{base}{text}"));
+            let all = r.to_string();
+            assert_eq!(r.errors().count(), 1, "{text}: {all}");
+            let d = r.errors().next().unwrap();
+            assert_eq!(d.line, 4, "{all}");
+            assert!(d.message.contains(want), "{text}: {all}");
+            assert!(!all.contains("untagged") && !all.contains("usize"), "{all}");
+        }
+    }
+
     #[test]
     fn a_zero_sized_store_cache_is_refused() {
         let (_, r) =
@@ -1211,6 +1253,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        let e = parse_duration("12").unwrap_err();
+        assert!(e.contains("no unit") && e.contains("\"12m\""), "{e}");
     }
 }
 

@@ -88,8 +88,29 @@ impl<'a> Source<'a> {
 
     /// A TOML deserialisation error, with the position it carries.
     pub fn toml_error(&self, e: &toml::de::Error) -> Diagnostic {
-        self.error(e.span(), e.message().trim().to_string())
+        self.error(e.span(), plain_words(e.message().trim()))
     }
+}
+
+/// serde's messages in an operator's words: Rust type names become what
+/// to write.
+fn plain_words(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if out.ends_with(rust) {
+            out.truncate(out.len() - rust.len());
+            out.push_str(plain);
+        }
+    }
+    out
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -204,11 +225,19 @@ pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
         }
     }
     // Each pass removes one bad key, so this ends.
+    let mut removed: Vec<String> = Vec::new();
     loop {
         let de = toml::de::ValueDeserializer::from(current.clone());
         match T::deserialize(de) {
             Ok(v) => return Some(v),
             Err(e) => {
+                // A required key removed for a bad value is not missing too.
+                if removed
+                    .iter()
+                    .any(|k| e.message().trim() == format!("missing field `{k}`"))
+                {
+                    return None;
+                }
                 let mut d = src.toml_error(&e);
                 if e.span().is_none() {
                     let (line, column) = src.line_col(value.span().start);
@@ -230,6 +259,7 @@ pub fn section_partial<'a, T: serde::de::DeserializeOwned>(
                     .map(|(k, _)| k.clone());
                 match culprit {
                     Some(k) => {
+                        removed.push(k.get_ref().to_string());
                         table.remove(&k);
                     }
                     None => return None,
@@ -278,6 +308,40 @@ pub fn field_names<T: serde::de::DeserializeOwned>() -> Option<&'static [&'stati
     let mut out = None;
     let _ = T::deserialize(Capture(&mut out));
     out
+}
+
+/// A string or a list of strings, as config and policy keys accept. Written
+/// by hand rather than `#[serde(untagged)]`, whose error ("did not match
+/// any variant of untagged enum") says nothing about what to write.
+pub enum StrOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> serde::Deserialize<'de> for StrOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrOrList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string in quotes, or a list of them in [ ]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrOrList, E> {
+                Ok(StrOrList::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StrOrList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(StrOrList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]

@@ -11,17 +11,10 @@ use super::{
     Group, HostPattern, MethodSet, Origin, Outcome, PathPattern, Policy, Request, Requirement,
     Rule, Subject,
 };
-use crate::diag::{self, Report, Source};
+use crate::diag::{self, Report, Source, StrOrList};
 
-/// A string or a list of strings. Untagged enums lose TOML positions, so
-/// the whole value carries one span and each item points at it.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StrOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
+/// A string or a list of strings; the whole value carries one span and
+/// each item points at it.
 struct OneOrMany(Spanned<StrOrList>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
@@ -937,6 +930,26 @@ allow = "superuser"
         assert!(w.iter().any(|m| m.contains("never match")), "{w:?}");
         assert!(w.iter().any(|m| m.contains("`nope`")), "{w:?}");
         assert!(w.iter().any(|m| m.contains("x.view")), "{w:?}");
+    }
+
+    /// A bad value for a required key is one error, not also "missing".
+    #[test]
+    fn a_bad_required_value_is_reported_once() {
+        let r = compile(
+            &[(
+                Path::new("p.toml"),
+                "[[rule]]\npath = 5\nallow = \"anyone\"\n",
+            )],
+            false,
+        )
+        .err()
+        .unwrap();
+        let all: Vec<String> = r.errors().map(|d| d.to_string()).collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(
+            all[0].contains("p.toml:2:8") && all[0].contains("a string in quotes"),
+            "{all:?}"
+        );
     }
 
     #[test]
