@@ -207,6 +207,19 @@ fn logout_ends_the_session_server_side() {
     assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 401);
     let (_, list, _) = gw.cli(&["session", "list", "--json"], None);
     assert!(!list.contains("carol"), "{list}");
+    // A script signs out with a bare POST (no body, no type), as
+    // `curl -X POST` sends it, or with an empty JSON body.
+    for content_type in [None, Some("application/json")] {
+        let c = gw.login("carol", PW);
+        assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
+        let mut r = c.post(gw.url("/.portcullis/logout"));
+        if let Some(t) = content_type {
+            r = r.header("content-type", t);
+        }
+        let out = r.send().unwrap();
+        assert_eq!(out.status(), 200, "{content_type:?}");
+        assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 401);
+    }
     // Logging out without a session is not an error.
     let again = gw
         .client()

@@ -477,6 +477,21 @@ fn cross_site_login_and_logout_are_refused() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 403, "form logout without token");
+    // A bodiless POST (what `fetch(url, {method: "POST"})` sends) from
+    // another site, whichever way the browser names its origin.
+    for (h, v) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("referer", "http://evil.example/x"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let r = victim
+            .post(gw.url("/.portcullis/logout"))
+            .header(h, v)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "bodiless logout with {h}: {v}");
+    }
     assert_eq!(
         victim.get(gw.url("/x")).send().unwrap().status(),
         200,

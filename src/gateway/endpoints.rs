@@ -112,6 +112,20 @@ struct JsonLogin {
     remember: bool,
 }
 
+/// A request that says it carries nothing: no type, no length or a zero
+/// one, no transfer coding. (A JSON POST with an empty body counts too: it
+/// says nothing either.)
+fn bodiless(session: &Session) -> bool {
+    let h = &session.req_header().headers;
+    let empty_len = h
+        .get(http::header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() == b"0");
+    let typed = media_type(session);
+    empty_len
+        && !h.contains_key(http::header::TRANSFER_ENCODING)
+        && (typed.is_empty() || typed == "application/json")
+}
+
 fn media_type(session: &Session) -> String {
     session
         .req_header()
@@ -520,9 +534,19 @@ impl Endpoint<'_> {
 
     async fn logout_post(&self, session: &mut Session, ctx: &Ctx) -> Reply {
         let app = self.app();
-        let body = match self.read_post(session).await {
-            Ok(b) => b,
-            Err(r) => return r,
+        let body = if bodiless(session) {
+            // A script signs out with a bare `curl -X POST`: no body, no
+            // type. The origin rule still holds; a browser sends an Origin
+            // with every cross-site POST, so another site gains nothing.
+            if !same_origin(&session.req_header().headers, &app.cfg.server.public_origin) {
+                return Reply::error_json(403, "cross_origin_request");
+            }
+            Body::Json(serde_json::Value::Null)
+        } else {
+            match self.read_post(session).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            }
         };
         if let Some((user, live)) = &self.identity {
             let h = live.hash;

@@ -164,7 +164,7 @@ pub fn load(files: &[PathBuf], case_insensitive: bool) -> Result<(Policy, Report
                 line: 1,
                 column: 1,
                 severity: diag::Severity::Error,
-                message: format!("cannot read policy file: {e}"),
+                message: format!("cannot read policy file: {e} (it is listed in the config's [policy] files; a relative path there is relative to the config file)"),
             }),
         }
     }
