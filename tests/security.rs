@@ -1083,6 +1083,41 @@ allow = "anyone"
     assert_eq!(status_of(&a), 400, "{a}");
     let a = raw(port, b"GET /x HTTP/1.0\r\nAccept: application/json\r\n\r\n");
     assert_eq!(status_of(&a), 200, "{a}");
+    // Without one, the request names public_url's host: host rules see it,
+    // and so does the app (never an HTTP/1.1 request without Host).
+    let body = a.split("\r\n\r\n").nth(1).unwrap_or("");
+    let seen = Seen(serde_json::from_str(body).unwrap());
+    let public = format!("127.0.0.1:{port}");
+    assert_eq!(seen.header("host").as_deref(), Some(public.as_str()), "{a}");
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(public.as_str()),
+        "{a}"
+    );
+    let behind = Gw::with(Opts {
+        policy: r#"
+[[rule]]
+host = "secure.example"
+path = "/**"
+allow = "nobody"
+
+[[rule]]
+path = "/**"
+allow = "anyone"
+"#
+        .into(),
+        public_url: Some("http://secure.example".into()),
+        ..Opts::default()
+    });
+    let a = raw(
+        behind.port,
+        b"GET /x HTTP/1.0\r\nAccept: application/json\r\n\r\n",
+    );
+    assert_eq!(
+        status_of(&a),
+        403,
+        "a Host-less request walked past the host rule:\n{a}"
+    );
 }
 
 #[test]

@@ -49,6 +49,11 @@ pub struct Gateway {
     forwarded_proto: HeaderValue,
     /// The `Host` sent upstream, unless the client's is preserved.
     upstream_host: Option<HeaderValue>,
+    /// `public_url`'s host and port: the host an HTTP/1.0 request without
+    /// a `Host` is taken to name (the gateway serves one origin), for host
+    /// rules and for the app, which must not get an HTTP/1.1 request
+    /// without one.
+    public_host: HeaderValue,
 }
 
 /// Per-request state, carried from filter to filter.
@@ -94,10 +99,17 @@ impl Gateway {
                 None => up.sni.clone(),
             })
             .and_then(|h| HeaderValue::try_from(h).ok());
+        let public = &app.cfg.server.public_url;
+        let public_host = HeaderValue::try_from(match public.port() {
+            Some(p) => format!("{}:{p}", public.host_str().unwrap_or("localhost")),
+            None => public.host_str().unwrap_or("localhost").to_string(),
+        })
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Gateway {
             app,
             forwarded_proto,
             upstream_host,
+            public_host,
         }
     }
 
@@ -520,7 +532,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let host = match malformed(session) {
-            Ok(host) => host,
+            Ok(host) => host.or(Some(&self.public_host)),
             Err(why) => {
                 ctx.decision = "bad_request";
                 app.metrics.rejected.inc();
@@ -728,11 +740,19 @@ impl ProxyHttp for Gateway {
             headers.insert(X_FORWARDED_FOR, crate::headers::ip_value(ip));
         }
         headers.insert(X_FORWARDED_PROTO, self.forwarded_proto.clone());
-        if let Some(h) = session.req_header().headers.get(http::header::HOST) {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        if let Some(h) = &self.upstream_host {
-            headers.insert(http::header::HOST, h.clone());
+        let client_host = session.req_header().headers.get(http::header::HOST);
+        headers.insert(
+            X_FORWARDED_HOST,
+            client_host.unwrap_or(&self.public_host).clone(),
+        );
+        match (&self.upstream_host, client_host) {
+            (Some(h), _) => {
+                headers.insert(http::header::HOST, h.clone());
+            }
+            (None, None) => {
+                headers.insert(http::header::HOST, self.public_host.clone());
+            }
+            (None, Some(_)) => {}
         }
 
         *upstream = RequestHeader::from(parts);
