@@ -128,6 +128,35 @@ pub fn check_new_username(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The form two names share when an app comparing them case-blind,
+/// accent-blind or by look (Java's `equalsIgnoreCase`, JavaScript's
+/// `toUpperCase`, `_ai_ci` collations) could take one for the other:
+/// lower case, accents and other marks dropped, then each confusable
+/// letter mapped to its prototype (UTS #39 skeleton: `ı` and `í` as `i`,
+/// `rn` as `m`).
+pub fn lookalike_key(name: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
+    let bare: String = name
+        .to_lowercase()
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .collect();
+    let skeleton: String = unicode_security::confusable_detection::skeleton(&bare).collect();
+    skeleton
+        .to_lowercase()
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .collect()
+}
+
+/// What makes a new account clash with an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clash {
+    Email,
+    Lookalike,
+}
+
 pub fn check_email(email: &str) -> std::result::Result<(), String> {
     let ok = email.len() <= 254
         && email.split_once('@').is_some_and(|(l, d)| {
@@ -275,14 +304,24 @@ impl Accounts {
         Ok(r)
     }
 
-    /// True if some account already has this email (compared without case).
-    /// Reads every user: for registration, which is throttled.
-    pub fn email_in_use(&self, email: &str) -> Result<bool> {
-        Ok(self.list()?.iter().any(|u| {
-            u.email
+    /// Why a self-registered account could pass for an existing one, if it
+    /// could: the same email (compared without case), or a name that looks
+    /// the same ([`lookalike_key`]). Reads every user: for registration,
+    /// which is throttled.
+    pub fn registration_clash(&self, username: &str, email: &str) -> Result<Option<Clash>> {
+        let name = lookalike_key(username);
+        for u in self.store.list()? {
+            if u.email
                 .as_deref()
                 .is_some_and(|e| e.eq_ignore_ascii_case(email))
-        }))
+            {
+                return Ok(Some(Clash::Email));
+            }
+            if lookalike_key(&u.username) == name {
+                return Ok(Some(Clash::Lookalike));
+            }
+        }
+        Ok(None)
     }
 
     pub fn list(&self) -> Result<Vec<User>> {
@@ -321,6 +360,21 @@ mod tests {
         for name in ["аlice", "alicе", "jοhn"] {
             let e = check_new_username(name).unwrap_err();
             assert!(e.contains("mixes scripts"), "{name}: {e}");
+        }
+        // Names that look alike share a key; different names do not.
+        for (a, b) in [
+            ("admin", "admín"),
+            ("admin", "ádmin"),
+            ("admin", "admın"),
+            ("admin", "ADMİN"),
+            ("alice", "ALİCE"),
+            ("admin", "adrnin"),
+            ("jurgen", "jürgen"),
+        ] {
+            assert_eq!(lookalike_key(a), lookalike_key(b), "{a} {b}");
+        }
+        for (a, b) in [("bob", "rob"), ("anna", "ana"), ("alice", "alicia")] {
+            assert_ne!(lookalike_key(a), lookalike_key(b), "{a} {b}");
         }
         // The old rule still applies, and existing names still pass it.
         assert!(check_new_username("a b").is_err());

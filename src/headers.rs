@@ -42,6 +42,20 @@ const OWNED_EXACT: &[&str] = &[
     "x-host",
     "x-url-scheme",
     "front-end-https",
+    // Client-certificate results a TLS terminator passes on (nginx, HAProxy,
+    // Apache, Traefik); an app behind mutual TLS may take them as identity.
+    "x-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "ssl-client-cert",
+    "ssl-client-verify",
+    "ssl-client-s-dn",
+    "x-arr-clientcert",
+    // User names other proxies and frameworks read.
+    "proxy-user",
+    "auth-user",
+    // Envoy's copy of the path before rewriting, which some apps route on.
+    "x-envoy-original-path",
 ];
 
 /// Name prefixes used by other gateways and apps for identity.
@@ -67,6 +81,7 @@ const OWNED_PREFIXES: &[&str] = &[
     "x-authenticated-",           // Kong, and X-Authenticated-User
     "oidc-claim-",                // mod_auth_openidc (OIDC_CLAIM_*)
     "x-oidc-",                    // mod_auth_openidc behind a proxy
+    "x-ssl-",                     // X-SSL-Client-*, X-SSL-User (client certificates)
 ];
 
 /// Names the gateway sets itself or that frame the request: no identity
@@ -665,6 +680,16 @@ mod tests {
             "X-Method-Override",
             "X-Original-Forwarded-For",
             "X-Amzn-Oidc-Identity",
+            "X-SSL-Client-S-DN",
+            "X-SSL-Client-Verify",
+            "X-Ssl-User",
+            "X-Client-Verify",
+            "X-Client-Cert",
+            "X-Client-DN",
+            "Ssl-Client-Cert",
+            "Proxy-User",
+            "Auth-User",
+            "X-Envoy-Original-Path",
             "X-Amzn-Oidc-Data",
             "X-MS-CLIENT-PRINCIPAL",
             "X-Ms-Client-Principal-Name",

@@ -582,6 +582,34 @@ fn htpasswd_users_import() {
     assert!(err.contains("line 1"), "{err}");
 }
 
+/// Names an app comparing case- or accent-blind (Java `equalsIgnoreCase`,
+/// JavaScript `toUpperCase`, MySQL `_ai_ci`) would take for an existing
+/// account's cannot be registered.
+#[test]
+fn registration_refuses_names_that_look_like_taken_ones() {
+    let gw = Gw::with(Opts {
+        extra: "[registration]\nenabled = true\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("admin", PW, &[], true);
+    gw.add_user("alice", PW, &[], false);
+    // (Four, under the registration throttle; the unit test has more.)
+    for (i, name) in ["admın", "ádmin", "ALİCE", "adrnin"].iter().enumerate() {
+        let r = gw
+            .client()
+            .post(gw.url("/.portcullis/register"))
+            .json(&serde_json::json!({"username": name, "email": format!("l{i}@example.com"), "password": "another fine one"}))
+            .send()
+            .unwrap();
+        let status = r.status();
+        let body = r.text().unwrap();
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(body.contains("username_taken"), "{name}: {body}");
+    }
+    let (_, list, _) = gw.cli(&["user", "list", "--json"], None);
+    assert!(!list.contains("l0@example.com"), "{list}");
+}
+
 #[test]
 fn racing_registrations_cannot_share_an_email() {
     let gw = Gw::with(Opts {

@@ -851,20 +851,29 @@ impl Endpoint<'_> {
                 // sled is one process's, so a lock here is enough).
                 static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
                 let _turn = ONE_AT_A_TIME.lock();
-                if app.accounts.email_in_use(&claimed)? {
-                    return Ok(None);
+                if let Some(clash) = app.accounts.registration_clash(&u2.username, &claimed)? {
+                    return Ok(Err(clash));
                 }
                 app.accounts.create(&u2)?;
-                app.sessions.create(&u2.key(), &ip, &ua, false).map(Some)
+                app.sessions.create(&u2.key(), &ip, &ua, false).map(Ok)
             })
             .await;
         let (id, _live) = match res {
-            Ok(Some(x)) => x,
-            Ok(None) => {
+            Ok(Ok(x)) => x,
+            Ok(Err(crate::accounts::Clash::Email)) => {
                 return fail(
                     400,
                     "email_taken",
                     "An account with that email already exists.",
+                );
+            }
+            // Apps that compare names case- or accent-blind would take the
+            // new account for the old one.
+            Ok(Err(crate::accounts::Clash::Lookalike)) => {
+                return fail(
+                    400,
+                    "username_taken",
+                    "A user with a name that looks the same already exists.",
                 );
             }
             Err(crate::app::BlockingError::Store(crate::store::StoreError::Conflict(_))) => {
