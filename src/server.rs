@@ -117,7 +117,13 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
             "the kernel does not honour custom scheduler slices (Linux 6.12+): during a login flood, signed-in requests can wait up to a timer tick behind a password check"
         );
     }
-    server.run(RunArgs::default());
+    let mut phases = server.watch_execution_phase();
+    let grace = app.cfg.server.grace_period;
+    let pingora = std::thread::Builder::new()
+        .name("pingora-main".into())
+        .spawn(move || server.run(RunArgs::default()))
+        .context("cannot start the server thread")?;
+    wait_until_stopped(&mut phases, pingora, grace);
     // Keep idle timers honest across a restart, then make it all durable.
     if let Err(e) = app.sessions.persist_all() {
         tracing::error!(error = %e, "could not save session state at shutdown");
@@ -126,6 +132,61 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
     let _ = std::fs::remove_file(crate::admin::socket_path(&app.cfg.storage.path));
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// How long no request may be in flight before a graceful stop ends: a
+/// connection accepted just before the listeners closed gets to send its
+/// request.
+const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+
+/// Returns once the server has stopped. In a graceful stop (SIGTERM, or
+/// the old process of an upgrade) that is as soon as the requests in
+/// flight have finished: Pingora itself would sleep out the whole grace
+/// period, refusing connections all the while, so a restart of an idle
+/// gateway took `grace_period`. Its thread is left sleeping; the process
+/// ends when `serve` returns, after the store is flushed.
+fn wait_until_stopped(
+    phases: &mut tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
+    pingora: std::thread::JoinHandle<()>,
+    grace: Duration,
+) {
+    use pingora::server::ExecutionPhase;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                if drained(grace) {
+                    tracing::info!("no request in flight; stopping");
+                    return;
+                }
+                break;
+            }
+            Ok(ExecutionPhase::Terminated) | Err(RecvError::Closed) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+        }
+    }
+    let _ = pingora.join();
+}
+
+/// Waits up to `grace` for no request to be in flight for [`DRAIN_SETTLE`].
+fn drained(grace: Duration) -> bool {
+    let deadline = std::time::Instant::now() + grace;
+    let mut idle_since: Option<std::time::Instant> = None;
+    while std::time::Instant::now() < deadline {
+        if crate::gateway::in_flight() == 0 {
+            if idle_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= DRAIN_SETTLE
+            {
+                return true;
+            }
+        } else {
+            idle_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 struct Housekeeping {

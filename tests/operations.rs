@@ -411,6 +411,40 @@ fn sigterm_drains_and_exits_zero_promptly() {
         .unwrap()
         .expect("in-flight request was dropped");
     assert_eq!((code, body.as_str()), (200, "slow"));
+    // It stopped once that request was answered, not after the grace period.
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+/// An idle gateway stops at once on SIGTERM, whatever the grace period:
+/// a restart must not refuse connections for that long. Its sessions
+/// survive.
+#[test]
+fn an_idle_gateway_stops_promptly_and_keeps_its_sessions() {
+    let mut gw = Gw::with(Opts {
+        server: "grace_period = \"30s\"".into(),
+        ..Opts::default()
+    });
+    gw.add_user("ivy", "correct horse battery", &[], false);
+    let c = gw.login("ivy", "correct horse battery");
+    assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
+    let mut child = gw.child.take().unwrap();
+    let start = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(gw.log().contains("portcullis stopped"), "{}", gw.log());
+    gw.restart();
+    assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub mod reply;
 mod tunnel;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,34 @@ pub struct Gateway {
 }
 
 /// Per-request state, carried from filter to filter.
+/// Requests between `new_ctx` and the drop of their `Ctx` (upgraded
+/// connections included): a graceful stop ends once this stays at zero,
+/// instead of sleeping out the whole grace period.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being answered now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
+
+/// Counts one request in [`IN_FLIGHT`] for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Release);
+    }
+}
+
 pub struct Ctx {
+    _in_flight: InFlight,
     /// When the request began; read only by the access log, so taken only
     /// when that is on (a clock read costs on every request).
     started: Option<Instant>,
@@ -471,6 +499,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         crate::sched::proxy_thread();
         Ctx {
+            _in_flight: InFlight::start(),
             started: crate::access::enabled().then(Instant::now),
             target: None,
             user: None,
