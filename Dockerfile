@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t portcullis .
-# Run:   docker run -p 8080:8080 -v portcullis-data:/data -v "$PWD/config:/etc/portcullis:ro" portcullis
+# Run:   docker run -p 8080:8080 -v portcullis-data:/data -v "$PWD/portcullis-config:/etc/portcullis:ro" portcullis
+#        (portcullis-config/ holds your portcullis.toml, made from config/container.toml, and policy.toml)
 
 FROM rust:1-slim-bookworm AS build
 # Pingora's zlib-ng needs cmake and a C compiler.

@@ -292,7 +292,10 @@ fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
             }
             return Err(crate::store::StoreError::Locked { path }.into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(anyhow!(e).context(format!(
+            "cannot open the store at {} ([storage] path; it must be a folder this user can write)",
+            cfg.storage.path.display()
+        ))),
     };
     let accounts = crate::accounts::Accounts::new(Arc::new(store.clone()));
     let sessions = crate::session::Sessions::new(
@@ -312,7 +315,9 @@ fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
         policy: None,
     };
     let v = admin::execute(&ops, cmd)?;
-    store.flush()?;
+    store
+        .flush()
+        .with_context(|| format!("cannot save to the store at {}", cfg.storage.path.display()))?;
     Ok(v)
 }
 
