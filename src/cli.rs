@@ -274,6 +274,50 @@ fn read_password(pw: &PasswordIn) -> anyhow::Result<String> {
     ))
 }
 
+/// Warns (on stderr; the command still runs) about groups that no policy
+/// file defines: a typo such as `stafff` would otherwise leave the user
+/// quietly without the permissions meant. Says nothing if the policy does
+/// not load (`check` reports that).
+fn warn_unknown_groups(cfg: &Config, cmd: &Command) {
+    let groups: Vec<&String> = match cmd {
+        Command::UserAdd { groups, .. } => groups.iter().collect(),
+        Command::UserGroup {
+            add: true, group, ..
+        } => vec![group],
+        Command::UserImport { users, .. } => users.iter().flat_map(|u| &u.groups).collect(),
+        _ => return,
+    };
+    if groups.is_empty() {
+        return;
+    }
+    let Ok((policy, _)) = crate::policy::load::load(&cfg.policy.files, cfg.policy.case_insensitive)
+    else {
+        return;
+    };
+    let named_by_a_rule = |g: &str| {
+        policy.rules.iter().any(|r| {
+            matches!(&r.require, crate::policy::Requirement::Groups(gs) if gs.iter().any(|x| x == g))
+        })
+    };
+    let mut unknown: Vec<&String> = groups
+        .into_iter()
+        .filter(|g| !policy.groups.contains_key(g.as_str()) && !named_by_a_rule(g))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    for g in unknown {
+        eprintln!(
+            "warning: group `{g}` is not defined in the policy ({}): it grants nothing until a [groups.{g}] section or a rule names it",
+            cfg.policy
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
 /// Runs an admin command on the running gateway, or on the store directly.
 fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
     if let Some(v) = admin::send(&cfg.storage.path, &cmd)? {
@@ -292,10 +336,12 @@ fn admin_exec(cfg: &Config, cmd: Command) -> anyhow::Result<Value> {
             }
             return Err(crate::store::StoreError::Locked { path }.into());
         }
-        Err(e) => return Err(anyhow!(e).context(format!(
+        Err(e) => {
+            return Err(anyhow!(e).context(format!(
             "cannot open the store at {} ([storage] path; it must be a folder this user can write)",
             cfg.storage.path.display()
-        ))),
+        )))
+        }
     };
     let accounts = crate::accounts::Accounts::new(Arc::new(store.clone()));
     let sessions = crate::session::Sessions::new(
@@ -661,6 +707,7 @@ fn user_cmd(cfg: &Config, json: bool, u: UserCmd) -> anyhow::Result<ExitCode> {
             Box::new(|v: &Value| format!("unlocked {}", s(v, "username"))),
         ),
     };
+    warn_unknown_groups(cfg, &cmd);
     let v = admin_exec(cfg, cmd)?;
     print(json, &v, text);
     Ok(ExitCode::SUCCESS)

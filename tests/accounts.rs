@@ -28,6 +28,27 @@ fn admin_cli_works_against_a_running_gateway_and_takes_effect_at_once() {
         Some("x-password-1\n"),
     );
     assert_eq!(code, 1, "{err}");
+    // A group no policy file knows is most likely a typo: said, not refused.
+    let (code, _, err) = gw.cli(
+        &[
+            "user",
+            "add",
+            "bert",
+            "--group",
+            "stafff",
+            "--group",
+            "staff",
+            "--password-stdin",
+        ],
+        Some("x-password-1\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("group `stafff` is not defined"), "{err}");
+    assert!(!err.contains("`staff`"), "{err}");
+    let (code, _, err) = gw.cli(&["user", "group", "bert", "add", "accounting"], None);
+    assert_eq!((code, err.as_str()), (0, ""), "a known group, no warning");
+    let (_, _, err) = gw.cli(&["user", "group", "bert", "add", "acounting"], None);
+    assert!(err.contains("`acounting`"), "{err}");
     // Never from argv.
     let (code, _, err) = gw.cli(&["user", "add", "nopw"], None);
     assert_eq!(code, 1);
