@@ -197,10 +197,16 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    let json = cli.json;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Scripts asking for JSON get their errors in it too (stderr).
+            if json {
+                eprintln!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(1)
         }
     }
@@ -440,20 +446,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!("http://{host}:{}{}/health", a.port(), cfg.server.prefix)
                 }
             };
-            match crate::cli::probe(&url) {
-                Ok(200) => {
-                    println!("ok");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok(code) => {
-                    eprintln!("unhealthy: {url} answered {code}");
-                    Ok(ExitCode::from(1))
-                }
-                Err(e) => {
-                    eprintln!("unhealthy: {url}: {e}");
-                    Ok(ExitCode::from(1))
-                }
+            let (ok, why) = match crate::cli::probe(&url) {
+                Ok(200) => (true, String::new()),
+                Ok(code) => (false, format!("{url} answered {code}")),
+                Err(e) => (false, format!("{url}: {e}")),
+            };
+            if json {
+                let v = serde_json::json!({ "ok": ok, "url": url, "error": (!ok).then_some(why) });
+                println!("{v}");
+            } else if ok {
+                println!("ok");
+            } else {
+                eprintln!("unhealthy: {why}");
             }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::User(u) => {
             let cfg = load_config(flag)?;

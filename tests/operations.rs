@@ -452,9 +452,23 @@ fn healthcheck_command() {
     let mut gw = Gw::start();
     let (code, out, _) = gw.cli(&["healthcheck"], None);
     assert_eq!(code, 0, "{out}");
+    let (code, out, _) = gw.cli(&["healthcheck", "--json"], None);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{out}");
     gw.stop();
     let (code, _, _) = gw.cli(&["healthcheck"], None);
     assert_eq!(code, 1);
+    let (code, out, _) = gw.cli(&["healthcheck", "--json"], None);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false, "{out}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
+    // With --json, errors are JSON too.
+    let (code, _, err) = gw.cli(&["user", "show", "nobody", "--json"], None);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("nobody"), "{err}");
 }
 
 #[test]

@@ -139,6 +139,17 @@ fn hot_reload_applies_edits_and_refuses_broken_ones() {
         "the log names file, line and column:\n{}",
         gw.log()
     );
+    // Health still answers 200 (the gateway serves), and says the files on
+    // disk are not what is in force.
+    let health = |gw: &Gw| -> serde_json::Value {
+        gw.client()
+            .get(gw.url("/.portcullis/health"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(health(&gw)["policy"]["status"], "stale");
 
     // An editor that saves by writing a new file and renaming it over the old one.
     let tmp = gw.path("policy.toml.tmp");
@@ -148,6 +159,7 @@ fn hot_reload_applies_edits_and_refuses_broken_ones() {
         wait_for(|| status(&c, &gw, "GET", "/admin") == 403),
         "rename-save not applied"
     );
+    assert_eq!(health(&gw)["policy"]["status"], "ok");
 
     // An edit that parses but fails the policy's own tests is refused too:
     // the tests say what the policy must never do.

@@ -1019,10 +1019,19 @@ impl Endpoint<'_> {
         let app = self.app();
         let store_ok = app.store.meta.get(b"health").is_ok();
         let policy = app.policy.current();
+        // A refused reload leaves the gateway serving (the last good
+        // policy), so still 200; "stale" tells the operator the files on
+        // disk are not in force.
+        let stale = app.policy.stale.load(std::sync::atomic::Ordering::Relaxed);
         let body = serde_json::json!({
             "status": if store_ok { "ok" } else { "unavailable" },
             "store": if store_ok { "ok" } else { "error" },
-            "policy": { "status": "ok", "rules": policy.rules.len(), "groups": policy.groups.len() },
+            "policy": {
+                "status": if stale { "stale" } else { "ok" },
+                "rules": policy.rules.len(),
+                "groups": policy.groups.len(),
+                "last_loaded": app.policy.last_good.load(std::sync::atomic::Ordering::Relaxed),
+            },
         });
         Reply::json(if store_ok { 200 } else { 503 }, &body)
     }

@@ -6,7 +6,7 @@
 //! logged, and the last good policy stays in force.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,9 @@ pub struct PolicyHandle {
     pub reloads_failed: AtomicU64,
     /// Unix seconds of the last successful load.
     pub last_good: AtomicU64,
+    /// The last reload was refused: the files on disk are not what is in
+    /// force (shown by `/health`).
+    pub stale: AtomicBool,
 }
 
 fn now_secs() -> u64 {
@@ -56,6 +59,7 @@ impl PolicyHandle {
                 reloads_ok: AtomicU64::new(0),
                 reloads_failed: AtomicU64::new(0),
                 last_good: AtomicU64::new(now_secs()),
+                stale: AtomicBool::new(false),
             },
             warnings,
         ))
@@ -70,6 +74,7 @@ impl PolicyHandle {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_good: AtomicU64::new(now_secs()),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +97,7 @@ impl PolicyHandle {
                 self.current.store(Arc::new(policy));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.last_good.store(now_secs(), Ordering::Relaxed);
+                self.stale.store(false, Ordering::Relaxed);
                 for w in warnings.warnings() {
                     tracing::warn!(target: "portcullis::policy", diagnostic = %w, "policy warning");
                 }
@@ -100,6 +106,7 @@ impl PolicyHandle {
             }
             Err(report) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.stale.store(true, Ordering::Relaxed);
                 for e in report.errors() {
                     tracing::error!(target: "portcullis::policy", diagnostic = %e, "policy error");
                 }
