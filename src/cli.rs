@@ -49,19 +49,21 @@ enum Cmd {
         #[arg(long)]
         strict: bool,
     },
-    /// Show how the policy decides a request.
+    /// Show how the policy decides a request: `explain --user ann DELETE /invoices/7`, or `--anonymous`.
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["user", "anonymous"])))]
     Explain {
-        #[arg(
-            long,
-            conflicts_with = "anonymous",
-            required_unless_present = "anonymous"
-        )]
+        /// Decide for this user, as stored.
+        #[arg(long)]
         user: Option<String>,
+        /// Decide for a visitor who is not signed in.
         #[arg(long)]
         anonymous: bool,
+        /// The request's host, for host rules (default: localhost).
         #[arg(long)]
         host: Option<String>,
+        /// GET, POST, DELETE, …
         method: String,
+        /// The path, as a browser would send it.
         path: String,
     },
     /// Manage accounts.
@@ -109,44 +111,30 @@ enum UserCmd {
         #[command(flatten)]
         pw: PasswordIn,
     },
+    /// List every user.
     List,
-    Show {
-        name: String,
-    },
+    /// Show one user: groups, permissions, custom fields, last login.
+    Show { name: String },
     /// Disable a user and end their sessions.
-    Disable {
-        name: String,
-    },
-    Enable {
-        name: String,
-    },
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
     /// Delete a user and end their sessions.
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
     /// Add or remove a group: `user group NAME add|remove GROUP`.
     Group {
         name: String,
         action: GroupAction,
         group: String,
     },
-    Grant {
-        name: String,
-        permission: String,
-    },
-    Revoke {
-        name: String,
-        permission: String,
-    },
+    /// Give a user a permission of their own, like `invoices.delete`.
+    Grant { name: String, permission: String },
+    /// Take back a permission given with `grant`.
+    Revoke { name: String, permission: String },
     /// Set a field: `user set NAME FIELD=VALUE`.
-    Set {
-        name: String,
-        assignment: String,
-    },
+    Set { name: String, assignment: String },
     /// Clear login throttling for a user.
-    Unlock {
-        name: String,
-    },
+    Unlock { name: String },
     /// Import users from a Django `dumpdata auth.user --natural-foreign` file or an htpasswd file; their password hashes are kept and upgraded to argon2id at their first login.
     Import {
         #[arg(long, value_enum)]
@@ -172,7 +160,9 @@ enum GroupAction {
 
 #[derive(Subcommand)]
 enum SessionCmd {
+    /// List live sessions: tag, user, times, address, browser.
     List {
+        /// Only this user's.
         #[arg(long)]
         user: Option<String>,
     },
@@ -512,8 +502,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn user_cmd(cfg: &Config, json: bool, u: UserCmd) -> anyhow::Result<ExitCode> {
     let show = |v: &Value| {
+        let mut fields = String::new();
+        if let Some(map) = v["fields"].as_object() {
+            for (k, val) in map {
+                let val = val
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| val.to_string());
+                fields.push_str(&format!("{:<15}{val}\n", format!("{k}:")));
+            }
+        }
         format!(
-            "username:      {}\nemail:         {}\nname:          {} {}\nactive:        {}\nsuperuser:     {}\ngroups:        {}\npermissions:   {}\ndate joined:   {}\nlast login:    {}\npassword:      algorithm {}\n",
+            "username:      {}\nemail:         {}\nname:          {} {}\nactive:        {}\nsuperuser:     {}\ngroups:        {}\npermissions:   {}\ndate joined:   {}\nlast login:    {}\npassword:      algorithm {}\n{fields}",
             s(v, "username"),
             s(v, "email"),
             s(v, "first_name"),

@@ -70,6 +70,8 @@ fn admin_cli_works_against_a_running_gateway_and_takes_effect_at_once() {
     assert!(err.contains("whole number"), "{err}");
     let (code, _, _) = gw.cli(&["user", "set", "anna", "shoe_size=44"], None);
     assert_eq!(code, 1);
+    let (_, out, _) = gw.cli(&["user", "show", "anna"], None);
+    assert!(out.contains("department:    Finance"), "{out}");
     let c = gw.login("anna", PW);
     let seen = Seen::from(
         c.get(gw.url("/x"))
