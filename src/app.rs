@@ -26,6 +26,10 @@ pub struct App {
     pub throttle: Throttle,
     pub csrf: CsrfKey,
     pub csrf_cookie: String,
+    pub device: crate::device::DeviceKey,
+    /// The device cookie's name; it is scoped to the gateway's own paths,
+    /// so the app never sees it.
+    pub device_cookie: String,
     pub ui: Ui,
     pub headers: IdentityHeaders,
     pub audit: Audit,
@@ -77,6 +81,13 @@ impl App {
         } else {
             "portcullis_csrf".to_string()
         };
+        let device = crate::device::DeviceKey::new(store.secret("device")?);
+        // __Host- would need Path=/; __Secure- allows the narrower path.
+        let device_cookie = if cfg.server.secure {
+            "__Secure-portcullis_device".to_string()
+        } else {
+            "portcullis_device".to_string()
+        };
         let metrics = crate::metrics::Metrics::new();
         Ok(App {
             throttle: Throttle::new(cfg.throttle.clone()),
@@ -88,6 +99,8 @@ impl App {
             accounts,
             sessions,
             csrf,
+            device,
+            device_cookie,
             csrf_cookie,
             ui,
             headers,

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod csrf;
 pub mod demo;
+pub mod device;
 pub mod diag;
 pub mod gateway;
 pub mod headers;

@@ -417,8 +417,26 @@ impl Throttle {
     /// Ok(()) if an attempt may proceed now, Err(retry_after) if not.
     /// `account` is already normalised (lower-case) by the caller.
     pub fn check(&self, account: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.check_for(account, ip, now, false)
+    }
+
+    /// [`Throttle::check`] for a login attempt. A browser that has signed
+    /// in to this account before (a valid device cookie) is not held to
+    /// the per-account cap: that cap is shared with every attacker, and
+    /// would let them lock the real user out. Its per-address limits
+    /// still apply.
+    pub fn check_for(
+        &self,
+        account: &str,
+        ip: IpAddr,
+        now: Instant,
+        known_device: bool,
+    ) -> Result<(), Duration> {
         let mut longest: Option<Duration> = None;
-        for (key, shard) in self.keys(account, ip) {
+        // keys() puts the account's own counter last.
+        let keys = self.keys(account, ip);
+        let n = if known_device { 2 } else { 3 };
+        for (key, shard) in keys.into_iter().take(n) {
             let mut shard = shard.lock();
             let state = shard
                 .map

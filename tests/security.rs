@@ -555,6 +555,82 @@ fn brute_force_is_throttled_without_locking_out_the_real_user() {
     );
 }
 
+/// Attackers spread over many addresses share the per-account cap and can
+/// fill it; a browser that signed in to the account before (its device
+/// cookie) is not held to that cap, so they cannot lock the real user out.
+#[test]
+fn a_distributed_guessing_attack_does_not_lock_out_a_known_browser() {
+    let gw = Gw::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        extra: "[throttle]\naccount_per_hour = 5\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("victim", PW, &[], false);
+    gw.add_user("other", PW, &[], false);
+    let login = |c: &reqwest::blocking::Client, ip: &str, user: &str, pw: &str| {
+        c.post(gw.url("/.portcullis/login"))
+            .header("x-forwarded-for", ip)
+            .json(&serde_json::json!({"username": user, "password": pw}))
+            .send()
+            .unwrap()
+    };
+    // The real user signs in once: the browser is now known for "victim".
+    let real = gw.client();
+    let r = login(&real, "198.51.100.7", "victim", PW);
+    assert_eq!(r.status(), 200);
+    let device = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("portcullis_device="))
+        .expect("a device cookie")
+        .to_string();
+    assert!(device.contains("Path=/.portcullis"), "{device}");
+    assert!(
+        device.contains("HttpOnly") && device.contains("SameSite=Strict"),
+        "{device}"
+    );
+    // The app never sees it.
+    let seen = Seen::from(real.get(gw.url("/x")).send().unwrap());
+    assert!(
+        !seen.header("cookie").unwrap_or_default().contains("device"),
+        "{:?}",
+        seen.header("cookie")
+    );
+    // One wrong guess from each of many addresses fills both accounts' caps.
+    for i in 1..=6 {
+        for user in ["victim", "other"] {
+            let r = login(
+                &gw.client(),
+                &format!("203.0.113.{i}"),
+                user,
+                "guess-guess-guess",
+            );
+            assert!(matches!(r.status().as_u16(), 401 | 429), "{}", r.status());
+        }
+    }
+    // A browser never signed in is capped, from anywhere, right password or not.
+    assert_eq!(login(&gw.client(), "192.0.2.1", "victim", PW).status(), 429);
+    // A forged device cookie changes nothing.
+    let forged = gw
+        .client()
+        .post(gw.url("/.portcullis/login"))
+        .header("x-forwarded-for", "192.0.2.3")
+        .header(
+            "cookie",
+            "portcullis_device=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .json(&serde_json::json!({"username": "victim", "password": PW}))
+        .send()
+        .unwrap();
+    assert_eq!(forged.status(), 429);
+    // The known browser is not held to the cap, even from a new address...
+    assert_eq!(login(&real, "192.0.2.2", "victim", PW).status(), 200);
+    // ...but only for the account it signed in to.
+    assert_eq!(login(&real, "192.0.2.2", "other", PW).status(), 429);
+}
+
 #[test]
 fn the_audit_file_is_readable_by_its_owner_only() {
     // Failed logins record the name typed, often a password in the wrong field.

@@ -386,7 +386,13 @@ impl Endpoint<'_> {
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
 
         // Throttle before any hashing.
-        if let Err(wait) = app.throttle.check(&account, ip_addr, Instant::now()) {
+        let now_secs = crate::clock::unix_secs();
+        let known_device = cookie_values(&session.req_header().headers, &app.device_cookie)
+            .any(|v| app.device.verify(v, &account, now_secs));
+        if let Err(wait) = app
+            .throttle
+            .check_for(&account, ip_addr, Instant::now(), known_device)
+        {
             app.metrics.throttled.inc();
             app.metrics.logins.with_label_values(&["throttled"]).inc();
             app.audit.emit(
@@ -513,17 +519,40 @@ impl Endpoint<'_> {
                 .with("session", short_tag(&live.hash)),
         );
         let set = self.session_cookie(&id, remember);
+        let device = self.device_cookie(&account, now_secs);
         let fresh = app
             .accounts
             .get(&user.username)
             .ok()
             .flatten()
             .unwrap_or(user);
-        if json {
-            Reply::json(200, &identity_json(self.gw, &fresh)).header(http::header::SET_COOKIE, set)
+        let reply = if json {
+            Reply::json(200, &identity_json(self.gw, &fresh))
         } else {
-            Reply::redirect(303, &next).header(http::header::SET_COOKIE, set)
-        }
+            Reply::redirect(303, &next)
+        };
+        reply
+            .header(http::header::SET_COOKIE, set)
+            .header(http::header::SET_COOKIE, device)
+    }
+
+    /// The device cookie (see [`crate::device`]) for a browser that just
+    /// signed in to `account`: sent only to the gateway's own paths.
+    fn device_cookie(&self, account: &str, now_secs: u64) -> String {
+        let app = self.app();
+        Cookie::build((
+            app.device_cookie.clone(),
+            app.device.issue(account, now_secs),
+        ))
+        .path(app.cfg.server.prefix.clone())
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(app.cfg.server.secure)
+        .max_age(cookie::time::Duration::seconds(
+            crate::device::LIFETIME_SECS as i64,
+        ))
+        .build()
+        .to_string()
     }
 
     // ---- logout ---------------------------------------------------------
