@@ -29,10 +29,28 @@ const MAX_DECODE_ROUNDS: usize = 4;
 /// characters, whitespace or '\\', so it is always a valid header value.
 pub fn safe_next(next: &str, public_url: &Url) -> String {
     if is_safe(next, public_url) {
-        next.to_owned()
+        ascii_only(next)
     } else {
         FALLBACK.to_owned()
     }
+}
+
+/// Non-ASCII characters percent-encoded (as UTF-8), so a `Location`
+/// header is plain ASCII: browsers read raw bytes there in more than one
+/// way, and a full-width `／` must stay a character of the path.
+fn ascii_only(next: &str) -> String {
+    if next.is_ascii() {
+        return next.to_owned();
+    }
+    let mut out = String::with_capacity(next.len() * 3);
+    for b in next.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn is_safe(next: &str, public_url: &Url) -> bool {
@@ -209,6 +227,16 @@ mod tests {
         for payload in REJECTED {
             assert_eq!(safe_next(payload, &public), "/", "payload {payload:?}");
         }
+    }
+
+    #[test]
+    fn non_ascii_is_percent_encoded() {
+        let public = public();
+        assert_eq!(
+            safe_next("/／／evil.com", &public),
+            "/%EF%BC%8F%EF%BC%8Fevil.com"
+        );
+        assert_eq!(safe_next("/café?q=é", &public), "/caf%C3%A9?q=%C3%A9");
     }
 
     #[test]
