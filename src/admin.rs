@@ -141,9 +141,11 @@ fn check_perm(p: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Operator actions (the CLI, directly or over the admin socket) say so:
+/// `by` is "operator", never a name that could be an account's.
 fn emit(ops: &Ops<'_>, ev: Event) {
     if let Some(a) = ops.audit {
-        a.emit(ev.with("by", "admin"));
+        a.emit(ev.with("by", "operator"));
     }
 }
 

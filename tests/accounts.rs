@@ -416,6 +416,11 @@ fn every_auth_event_is_one_json_line() {
         12,
         "a short session tag, never the id"
     );
+    let disabled = events
+        .iter()
+        .find(|e| e["event"] == "user_disabled")
+        .unwrap();
+    assert_eq!(disabled["by"], "operator", "{disabled}");
     // And in the log, too.
     assert!(gw.log().contains("user_logged_in"));
 }
