@@ -867,7 +867,8 @@ fn explain(
         }
     };
     let v = serde_json::json!({
-        "decision": d.outcome,
+        // In the words `[[test]]` cases use, as the text below.
+        "decision": crate::policy::load::Expect::of(d.outcome).as_str(),
         "method": method.as_str(),
         "host": host,
         "path": target.path,
@@ -879,11 +880,7 @@ fn explain(
     print(json, &v, |_| {
         let mut out = format!(
             "decision: {}\nrequest:  {method} {}{} (host {host})\n",
-            match d.outcome {
-                crate::policy::Outcome::Allow => "allow",
-                crate::policy::Outcome::LoginRequired => "login required",
-                crate::policy::Outcome::Forbidden => "deny",
-            },
+            crate::policy::load::Expect::of(d.outcome).as_str(),
             target.path,
             target
                 .query

@@ -322,7 +322,20 @@ fn explain_names_the_rule_and_the_reason() {
     assert_eq!(v["decision"], "allow");
     assert_eq!(v["rule"]["name"], "invoices");
     let (_, out, _) = gw.cli(&["explain", "--anonymous", "GET", "/admin/x"], None);
-    assert!(out.contains("login required"), "{out}");
+    assert!(out.contains("decision: login\n"), "{out}");
+    // Text and JSON use the words `[[test]]` cases use.
+    let (_, out, _) = gw.cli(
+        &["explain", "--anonymous", "GET", "/admin/x", "--json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "login");
+    let (_, out, _) = gw.cli(
+        &["explain", "--user", "rita", "GET", "/admin/x", "--json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "deny", "{out}");
 }
 
 #[test]
