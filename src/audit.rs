@@ -17,6 +17,9 @@ pub struct Audit {
     /// Events that did not fit a queue (file or webhook) or that the
     /// webhook refused after every retry.
     pub dropped: std::sync::Arc<AtomicU64>,
+    /// Events queued and not yet written or posted (or given up on), so a
+    /// stopping gateway can wait for the last ones.
+    pending: std::sync::Arc<AtomicU64>,
 }
 
 /// One auth event. Build it with [`Event::new`] and the `with_*` methods.
@@ -61,6 +64,7 @@ impl Audit {
     }
 
     pub fn with_webhook(path: Option<&Path>, webhook: Option<Webhook>) -> std::io::Result<Self> {
+        let pending = std::sync::Arc::new(AtomicU64::new(0));
         let file = match path {
             None => None,
             Some(p) => {
@@ -75,6 +79,7 @@ impl Audit {
                 std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
                 let mut f = opts.open(p)?;
                 let (tx, rx) = sync_channel::<String>(4096);
+                let done = std::sync::Arc::clone(&pending);
                 std::thread::Builder::new()
                     .name("audit-writer".into())
                     .spawn(move || {
@@ -85,6 +90,7 @@ impl Audit {
                             {
                                 tracing::error!("cannot write to the audit file");
                             }
+                            done.fetch_sub(1, Ordering::Release);
                         }
                         let _ = f.flush();
                     })?;
@@ -94,22 +100,45 @@ impl Audit {
         let dropped = std::sync::Arc::new(AtomicU64::new(0));
         let webhook = match webhook {
             None => None,
-            Some(w) => Some(spawn_webhook(w, std::sync::Arc::clone(&dropped))?),
+            Some(w) => Some(spawn_webhook(
+                w,
+                std::sync::Arc::clone(&dropped),
+                std::sync::Arc::clone(&pending),
+            )?),
         };
         Ok(Audit {
             file,
             webhook,
             dropped,
+            pending,
         })
+    }
+
+    /// Waits up to `within` for every queued event to be written or
+    /// posted; true if none is left. For a stopping gateway, whose last
+    /// requests' events (a logout, say) would otherwise go down with it.
+    pub fn drain(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
     }
 
     pub fn emit(&self, ev: Event) {
         let line = Value::Object(ev.fields).to_string();
         tracing::info!(target: "portcullis::audit", "{line}");
         for tx in [&self.webhook, &self.file].into_iter().flatten() {
+            // Counted before the send, so the consumer never takes it
+            // below zero.
+            self.pending.fetch_add(1, Ordering::AcqRel);
             match tx.try_send(line.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target: "portcullis::audit", "audit queue full; event dropped");
                 }
@@ -124,6 +153,7 @@ impl Audit {
 fn spawn_webhook(
     w: Webhook,
     dropped: std::sync::Arc<AtomicU64>,
+    pending: std::sync::Arc<AtomicU64>,
 ) -> std::io::Result<SyncSender<String>> {
     let (tx, rx) = sync_channel::<String>(1024);
     std::thread::Builder::new().name("audit-webhook".into()).spawn(move || {
@@ -163,6 +193,7 @@ fn spawn_webhook(
             if !delivered {
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
+            pending.fetch_sub(1, Ordering::Release);
         }
     })?;
     Ok(tx)

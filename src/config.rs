@@ -472,7 +472,7 @@ impl Config {
         let mut log = RawLog::default();
         let mut ui = RawUi::default();
         let mut user_fields: Vec<UserField> = Vec::new();
-        let mut field_spans: Vec<Option<std::ops::Range<usize>>> = Vec::new();
+        let mut field_spans: Vec<std::ops::Range<usize>> = Vec::new();
 
         for (key, value) in doc.get_ref().iter() {
             macro_rules! take {
@@ -519,7 +519,7 @@ impl Config {
                             }
                         }
                         user_fields.push(f);
-                        field_spans.push(Some(key_span(item, "header").unwrap_or_else(|| item.span())));
+                        field_spans.push(key_span(item, "header").unwrap_or_else(|| item.span()));
                     }
                 }
                 other => report.push(src.error(
@@ -786,9 +786,9 @@ impl Config {
         let mut taken = crate::headers::taken_for_fields(&headers_cfg);
         for (f, at) in user_fields.iter().zip(&field_spans) {
             let Some(h) = &f.header else { continue };
-            match crate::headers::header_conflict(h, &taken) {
+            match crate::headers::field_header_conflict(h, &taken) {
                 Some(why) => {
-                    report.push(src.error(at.clone(), format!("field {:?}: {why}", f.name)))
+                    report.push(src.error(Some(at.clone()), format!("field {:?}: {why}", f.name)))
                 }
                 None => taken.push((
                     crate::headers::normalised(h),
@@ -1166,6 +1166,10 @@ mod tests {
             ("portcullis", "Host", "set by the gateway"),
             ("portcullis", "X-Forwarded-For", "set by the gateway"),
             ("portcullis", "Content-Length", "frames the request"),
+            ("portcullis", "X-Webauth-User", "other gateways' apps"),
+            ("portcullis", "X-User-Id", "other gateways' apps"),
+            ("portcullis", "Proxy-User", "other gateways' apps"),
+            ("portcullis", "X-Forwarded-Client-Cert", "another gateway"),
         ] {
             let (_, r) = parse(&field(preset, header));
             assert!(r.has_errors(), "{preset} {header} accepted");
@@ -1173,8 +1177,15 @@ mod tests {
             assert_eq!(d.line, 7, "{r}");
             assert!(d.message.contains(why), "{header}: {r}");
         }
-        let (_, r) = parse(&field("portcullis", "X-Forwarded-Department"));
-        assert!(!r.has_errors(), "{r}");
+        for ok in [
+            "X-Forwarded-Department",
+            "Remote-Department",
+            "X-Auth-Request-Team",
+            "Tenant-Id",
+        ] {
+            let (_, r) = parse(&field("portcullis", ok));
+            assert!(!r.has_errors(), "{ok}: {r}");
+        }
 
         let twice = format!("{base}[[user_fields]]\nname = \"a\"\nheader = \"X-Team\"\n[[user_fields]]\nname = \"b\"\nheader = \"x-team\"\n");
         let (_, r) = parse(&twice);

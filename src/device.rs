@@ -6,9 +6,14 @@
 //! out only browsers that never signed in (the per-address and
 //! per-account-and-address limits still apply to everyone).
 //!
-//! The note is `expiry (8 bytes) || HMAC-SHA256(key, account, expiry)[..16]`
-//! in base64url: it names no account (the login form does), cannot be
-//! made for another account or a later expiry, and holds no session.
+//! The note is `expiry (8 bytes) || HMAC-SHA256(key, expiry, account,
+//! stamp)[..16]` in base64url, where the stamp is the account's password
+//! hash: it names no account (the login form does), cannot be made for
+//! another account or a later expiry, holds no session, and dies with the
+//! password (a reset, or an account deleted and made again), so a browser
+//! that knew an old password stays known to nobody. Its failures are
+//! counted on their own ([`crate::throttle::Throttle::check_for`]), so a
+//! copied cookie gains nothing from many addresses.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -27,13 +32,16 @@ impl DeviceKey {
         DeviceKey(secret)
     }
 
-    fn tag(&self, account: &str, expiry: u64) -> [u8; 16] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| {
-            <Hmac<Sha256> as Mac>::new_from_slice(b"k").expect("any key length")
-        });
-        m.update(b"portcullis-device-v1:");
+    fn tag(&self, account: &str, stamp: &str, expiry: u64) -> [u8; 16] {
+        // HMAC takes a key of any length: this cannot fail.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        m.update(b"portcullis-device-v2:");
         m.update(&expiry.to_be_bytes());
+        // The account's length first, so no two (account, stamp) pairs
+        // read alike.
+        m.update(&(account.len() as u64).to_be_bytes());
         m.update(account.as_bytes());
+        m.update(stamp.as_bytes());
         let full: [u8; 32] = m.finalize().into_bytes().into();
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&full[..16]);
@@ -41,17 +49,18 @@ impl DeviceKey {
     }
 
     /// The cookie value for a browser that just signed in to `account`
-    /// (its normalised key).
-    pub fn issue(&self, account: &str, now_secs: u64) -> String {
+    /// (its normalised key) whose password hash is `stamp`.
+    pub fn issue(&self, account: &str, stamp: &str, now_secs: u64) -> String {
         let expiry = now_secs.saturating_add(LIFETIME_SECS);
         let mut raw = [0u8; 24];
         raw[..8].copy_from_slice(&expiry.to_be_bytes());
-        raw[8..].copy_from_slice(&self.tag(account, expiry));
+        raw[8..].copy_from_slice(&self.tag(account, stamp, expiry));
         B64.encode(raw)
     }
 
-    /// True if `value` was issued for `account` and has not expired.
-    pub fn verify(&self, value: &str, account: &str, now_secs: u64) -> bool {
+    /// True if `value` was issued for `account` with this `stamp` and has
+    /// not expired.
+    pub fn verify(&self, value: &str, account: &str, stamp: &str, now_secs: u64) -> bool {
         if value.len() != 32 {
             return false;
         }
@@ -64,7 +73,7 @@ impl DeviceKey {
         let mut e = [0u8; 8];
         e.copy_from_slice(&raw[..8]);
         let expiry = u64::from_be_bytes(e);
-        expiry > now_secs && bool::from(self.tag(account, expiry).ct_eq(&raw[8..]))
+        expiry > now_secs && bool::from(self.tag(account, stamp, expiry).ct_eq(&raw[8..]))
     }
 }
 
@@ -75,19 +84,33 @@ mod tests {
     #[test]
     fn a_note_is_good_for_its_account_until_it_expires() {
         let k = DeviceKey::new([3; 32]);
-        let v = k.issue("alice", 1_000);
-        assert!(k.verify(&v, "alice", 1_000));
-        assert!(k.verify(&v, "alice", 1_000 + LIFETIME_SECS - 1));
-        assert!(!k.verify(&v, "alice", 1_000 + LIFETIME_SECS), "expired");
-        assert!(!k.verify(&v, "bob", 1_000), "another account");
+        let v = k.issue("alice", "$argon2id$a", 1_000);
+        assert!(k.verify(&v, "alice", "$argon2id$a", 1_000));
+        assert!(k.verify(&v, "alice", "$argon2id$a", 1_000 + LIFETIME_SECS - 1));
         assert!(
-            !DeviceKey::new([4; 32]).verify(&v, "alice", 1_000),
+            !k.verify(&v, "alice", "$argon2id$a", 1_000 + LIFETIME_SECS),
+            "expired"
+        );
+        assert!(
+            !k.verify(&v, "bob", "$argon2id$a", 1_000),
+            "another account"
+        );
+        assert!(
+            !k.verify(&v, "alice", "$argon2id$b", 1_000),
+            "the password changed"
+        );
+        assert!(
+            !k.verify(&v, "alic", "e$argon2id$a", 1_000),
+            "a shifted boundary"
+        );
+        assert!(
+            !DeviceKey::new([4; 32]).verify(&v, "alice", "$argon2id$a", 1_000),
             "another key"
         );
         // A later expiry cannot be written in.
         let mut raw = B64.decode(&v).unwrap();
         raw[0] ^= 1;
-        assert!(!k.verify(&B64.encode(&raw), "alice", 1_000));
+        assert!(!k.verify(&B64.encode(&raw), "alice", "$argon2id$a", 1_000));
         for junk in [
             "",
             "x",
@@ -95,7 +118,7 @@ mod tests {
             &format!("{v}A"),
             "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
         ] {
-            assert!(!k.verify(junk, "alice", 1_000), "{junk:?}");
+            assert!(!k.verify(junk, "alice", "$argon2id$a", 1_000), "{junk:?}");
         }
     }
 }

@@ -124,6 +124,8 @@ const IDENTITY_ANYWHERE: &[&str] = &[
     "x-auth-request-groups",
     "x-auth-request-preferred-username",
     "x-remote-user",
+    // Envoy's client certificate, which apps behind it read as identity.
+    "x-forwarded-client-cert",
 ];
 
 /// Why a configured header cannot carry an identity value, if it cannot:
@@ -140,6 +142,34 @@ pub fn header_conflict(name: &str, taken: &[(String, String)]) -> Option<String>
     if let Some((_, what)) = taken.iter().find(|(n, _)| *n == norm) {
         return Some(format!(
             "{name:?} already carries {what}; one header, one value"
+        ));
+    }
+    None
+}
+
+/// Name families a custom field's header may use although clients' copies
+/// are stripped: the identity families of the presets. Everything else the
+/// gateway strips (`X-User*`, `X-Webauth-*`, `Impersonate-*`, `X-Real-IP`,
+/// …) some app reads as the user or the client, so no field value goes in.
+const FIELD_FAMILIES: &[&str] = &[
+    "x-forwarded-",
+    "remote-",
+    "x-auth-request-",
+    "x-portcullis-",
+];
+
+/// [`header_conflict`] for a custom field's header, which also may not be
+/// any other name apps read as identity (see [`FIELD_FAMILIES`]).
+pub fn field_header_conflict(name: &str, taken: &[(String, String)]) -> Option<String> {
+    if let Some(why) = header_conflict(name, taken) {
+        return Some(why);
+    }
+    let norm = normalised(name);
+    let owned =
+        OWNED_EXACT.contains(&norm.as_str()) || OWNED_PREFIXES.iter().any(|p| norm.starts_with(p));
+    if owned && !FIELD_FAMILIES.iter().any(|f| norm.starts_with(f)) {
+        return Some(format!(
+            "{name:?} is read as the user or the client by other gateways' apps; use a name under X-Forwarded-, Remote-, X-Auth-Request- or X-Portcullis-, or one of your own"
         ));
     }
     None

@@ -24,9 +24,10 @@ const MAX_DECODE_ROUNDS: usize = 4;
 /// Returns `next` if it is a safe same-origin relative path (path + optional
 /// query + optional fragment) on `public_url`'s origin, else "/".
 ///
-/// An accepted value is returned exactly as given, so it may contain
-/// percent-escapes and non-ASCII characters; it never contains control
-/// characters, whitespace or '\\', so it is always a valid header value.
+/// An accepted value is returned as given except that non-ASCII characters
+/// are percent-encoded: it is plain ASCII, may contain percent-escapes, and
+/// never contains control characters, whitespace or '\\', so it is always
+/// a valid header value.
 pub fn safe_next(next: &str, public_url: &Url) -> String {
     if is_safe(next, public_url) {
         ascii_only(next)

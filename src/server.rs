@@ -123,16 +123,27 @@ pub fn serve_with(cfg: Config, policy: Arc<PolicyHandle>) -> anyhow::Result<()> 
         .name("pingora-main".into())
         .spawn(move || server.run(RunArgs::default()))
         .context("cannot start the server thread")?;
-    wait_until_stopped(&mut phases, pingora, grace);
+    let crashed = wait_until_stopped(&mut phases, pingora, grace).is_err();
     // Keep idle timers honest across a restart, then make it all durable.
     if let Err(e) = app.sessions.persist_all() {
         tracing::error!(error = %e, "could not save session state at shutdown");
     }
     let _ = app.store.flush();
     let _ = std::fs::remove_file(crate::admin::socket_path(&app.cfg.storage.path));
+    if !app.audit.drain(AUDIT_DRAIN) {
+        tracing::warn!("audit events still queued at exit were lost (a slow webhook?)");
+    }
+    if crashed {
+        // A supervisor restarts on failure: say it was one.
+        anyhow::bail!("the server thread panicked; sessions were saved");
+    }
     tracing::info!("portcullis stopped");
     Ok(())
 }
+
+/// How long a stopping gateway waits for queued audit events (a webhook
+/// retries for about two seconds).
+const AUDIT_DRAIN: Duration = Duration::from_secs(3);
 
 /// How long no request may be in flight before a graceful stop ends: a
 /// connection accepted just before the listeners closed gets to send its
@@ -149,7 +160,7 @@ fn wait_until_stopped(
     phases: &mut tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
     pingora: std::thread::JoinHandle<()>,
     grace: Duration,
-) {
+) -> std::thread::Result<()> {
     use pingora::server::ExecutionPhase;
     use tokio::sync::broadcast::error::RecvError;
     loop {
@@ -157,7 +168,7 @@ fn wait_until_stopped(
             Ok(ExecutionPhase::ShutdownGracePeriod) => {
                 if drained(grace) {
                     tracing::info!("no request in flight; stopping");
-                    return;
+                    return Ok(());
                 }
                 break;
             }
@@ -165,7 +176,7 @@ fn wait_until_stopped(
             Ok(_) | Err(RecvError::Lagged(_)) => {}
         }
     }
-    let _ = pingora.join();
+    pingora.join()
 }
 
 /// Waits up to `grace` for no request to be in flight for [`DRAIN_SETTLE`].

@@ -90,6 +90,10 @@ enum Id {
     Pair(u64, IpAddr),
     Client(IpAddr),
     Account(u64),
+    /// A known browser's device cookie for an account: it stands in for
+    /// the account's cap, and has a limit of its own, as the pair's, so a
+    /// copied cookie gains an attacker nothing from many addresses.
+    Device(u64, u64),
 }
 
 /// An [`Id`] with its keyed hash, computed once per attempt and then used
@@ -144,7 +148,7 @@ impl Entry {
     fn fresh(key: &Key, now: Instant) -> Self {
         let window = match key.id {
             Id::Account(_) => Some(Box::new(HourWindow::new(now))),
-            Id::Pair(..) | Id::Client(_) => None,
+            Id::Pair(..) | Id::Client(_) | Id::Device(..) => None,
         };
         Self {
             last_failure: now,
@@ -283,7 +287,7 @@ impl Policy {
     /// time since its last failure.
     fn live_wait(&self, key: &Key, entry: &Entry, now: Instant, age: Duration) -> Option<Duration> {
         let free = match key.id {
-            Id::Pair(..) => self.pair_free,
+            Id::Pair(..) | Id::Device(..) => self.pair_free,
             Id::Client(_) => self.client_free,
             Id::Account(_) if entry.failures < self.account_cap => return None,
             Id::Account(_) => {
@@ -417,26 +421,28 @@ impl Throttle {
     /// Ok(()) if an attempt may proceed now, Err(retry_after) if not.
     /// `account` is already normalised (lower-case) by the caller.
     pub fn check(&self, account: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        self.check_for(account, ip, now, false)
+        self.check_for(account, ip, now, None)
     }
 
     /// [`Throttle::check`] for a login attempt. A browser that has signed
-    /// in to this account before (a valid device cookie) is not held to
-    /// the per-account cap: that cap is shared with every attacker, and
-    /// would let them lock the real user out. Its per-address limits
-    /// still apply.
+    /// in to this account before (`device`: its verified device cookie)
+    /// is not held to the per-account cap, which is shared with every
+    /// attacker and would let them lock the real user out; the cookie's
+    /// own limit stands in for it, and the per-address limits still apply.
     pub fn check_for(
         &self,
         account: &str,
         ip: IpAddr,
         now: Instant,
-        known_device: bool,
+        device: Option<&str>,
     ) -> Result<(), Duration> {
         let mut longest: Option<Duration> = None;
-        // keys() puts the account's own counter last.
-        let keys = self.keys(account, ip);
-        let n = if known_device { 2 } else { 3 };
-        for (key, shard) in keys.into_iter().take(n) {
+        let [pair, client, account_key] = self.keys(account, ip);
+        let last = match device {
+            Some(d) => self.device_key(account, d),
+            None => account_key,
+        };
+        for (key, shard) in [pair, client, last] {
             let mut shard = shard.lock();
             let state = shard
                 .map
@@ -456,7 +462,20 @@ impl Throttle {
     }
 
     pub fn record_failure(&self, account: &str, ip: IpAddr, now: Instant) {
-        for (key, shard) in self.keys(account, ip) {
+        self.record_failure_for(account, ip, now, None);
+    }
+
+    /// A failed attempt, counted against the account's cap whatever the
+    /// browser, and against its device cookie when it had one.
+    pub fn record_failure_for(
+        &self,
+        account: &str,
+        ip: IpAddr,
+        now: Instant,
+        device: Option<&str>,
+    ) {
+        let device = device.map(|d| self.device_key(account, d));
+        for (key, shard) in self.keys(account, ip).into_iter().chain(device) {
             let mut shard = shard.lock();
             if let Some(entry) = shard.entry_mut(key, now, &self.policy) {
                 entry.record(now);
@@ -466,10 +485,17 @@ impl Throttle {
 
     /// success resets the (account, ip) and account counters (not the IP's)
     pub fn record_success(&self, account: &str, ip: IpAddr, _now: Instant) {
+        self.record_success_for(account, ip, None);
+    }
+
+    /// [`Throttle::record_success`], also clearing the device cookie's
+    /// count when the browser had one.
+    pub fn record_success_for(&self, account: &str, ip: IpAddr, device: Option<&str>) {
         // The client counter survives: one valid login must not launder a
         // client that is spraying other accounts.
-        let [pair, _client, account] = self.keys(account, ip);
-        for (key, shard) in [pair, account] {
+        let [pair, _client, account_key] = self.keys(account, ip);
+        let device = device.map(|d| self.device_key(account, d));
+        for (key, shard) in [pair, account_key].into_iter().chain(device) {
             shard.lock().map.remove(&key);
         }
     }
@@ -481,7 +507,7 @@ impl Throttle {
         // for a rare operator command.
         for shard in self.shards.iter() {
             shard.lock().map.retain(|key, _| match key.id {
-                Id::Pair(hash, _) | Id::Account(hash) => hash != wanted,
+                Id::Pair(hash, _) | Id::Account(hash) | Id::Device(hash, _) => hash != wanted,
                 Id::Client(_) => true,
             });
         }
@@ -511,6 +537,19 @@ impl Throttle {
             (Id::Account(account), account),
         ]
         .map(|(id, spread)| (Key { id, spread }, self.shard(spread)))
+    }
+
+    fn device_key(&self, account: &str, device: &str) -> (Key, &Mutex<Shard>) {
+        let account = self.hasher.hash_one(account);
+        let device = self.hasher.hash_one(device);
+        let spread = account ^ device.rotate_left(17);
+        (
+            Key {
+                id: Id::Device(account, device),
+                spread,
+            },
+            self.shard(spread),
+        )
     }
 
     fn shard(&self, spread: u64) -> &Mutex<Shard> {

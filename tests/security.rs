@@ -578,6 +578,7 @@ fn a_distributed_guessing_attack_does_not_lock_out_a_known_browser() {
     let real = gw.client();
     let r = login(&real, "198.51.100.7", "victim", PW);
     assert_eq!(r.status(), 200);
+    let r_session = session_cookie(&r);
     let device = r
         .headers()
         .get_all("set-cookie")
@@ -591,13 +592,26 @@ fn a_distributed_guessing_attack_does_not_lock_out_a_known_browser() {
         device.contains("HttpOnly") && device.contains("SameSite=Strict"),
         "{device}"
     );
-    // The app never sees it.
+    // The app never sees it: the browser keeps it to the gateway's paths,
+    // and a client that sends it anyway has it removed.
     let seen = Seen::from(real.get(gw.url("/x")).send().unwrap());
     assert!(
         !seen.header("cookie").unwrap_or_default().contains("device"),
         "{:?}",
         seen.header("cookie")
     );
+    let session = r_session.split(';').next().unwrap().to_string();
+    let seen = Seen::from(
+        gw.client()
+            .get(gw.url("/x"))
+            .header(
+                "cookie",
+                format!("{session}; {}; keep=1", device.split(';').next().unwrap()),
+            )
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(seen.header("cookie").as_deref(), Some("keep=1"));
     // One wrong guess from each of many addresses fills both accounts' caps.
     for i in 1..=6 {
         for user in ["victim", "other"] {
@@ -629,6 +643,67 @@ fn a_distributed_guessing_attack_does_not_lock_out_a_known_browser() {
     assert_eq!(login(&real, "192.0.2.2", "victim", PW).status(), 200);
     // ...but only for the account it signed in to.
     assert_eq!(login(&real, "192.0.2.2", "other", PW).status(), 429);
+    // The cookie has a limit of its own: copied to many addresses, it buys
+    // a handful of guesses, not the account's cap.
+    let mut refused = false;
+    for i in 1..=8 {
+        let r = login(
+            &real,
+            &format!("198.18.0.{i}"),
+            "victim",
+            "guess-guess-guess",
+        );
+        refused |= r.status() == 429;
+    }
+    assert!(refused, "the device cookie was never held back");
+    assert_eq!(login(&real, "198.18.1.1", "victim", PW).status(), 429);
+}
+
+/// A device cookie dies with the password it was earned with: a browser
+/// that knew an old password is not exempt from the cap after a reset.
+#[test]
+fn a_device_cookie_does_not_outlive_the_password() {
+    let gw = Gw::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        extra: "[throttle]\naccount_per_hour = 2\n".into(),
+        ..Opts::default()
+    });
+    gw.add_user("pat", PW, &[], false);
+    let login = |c: &reqwest::blocking::Client, ip: &str, pw: &str| {
+        c.post(gw.url("/.portcullis/login"))
+            .header("x-forwarded-for", ip)
+            .json(&serde_json::json!({"username": "pat", "password": pw}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let fill_cap = |round: u8| {
+        for i in 1..=3 {
+            login(
+                &gw.client(),
+                &format!("203.0.{round}.{i}"),
+                "guess-guess-guess",
+            );
+        }
+    };
+    let known = gw.client();
+    assert_eq!(login(&known, "198.51.100.1", PW), 200);
+    fill_cap(113);
+    assert_eq!(login(&gw.client(), "192.0.2.9", PW), 429, "the cap holds");
+    assert_eq!(login(&known, "198.51.100.2", PW), 200, "known browser");
+    let new_pw = "a brand new passphrase";
+    let (code, _, err) = gw.cli(
+        &["user", "passwd", "pat", "--password-stdin"],
+        Some(&format!("{new_pw}\n")),
+    );
+    assert_eq!(code, 0, "{err}");
+    fill_cap(114);
+    assert_eq!(
+        login(&known, "198.51.100.3", new_pw),
+        429,
+        "the old cookie is dead"
+    );
 }
 
 #[test]

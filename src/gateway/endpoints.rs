@@ -385,13 +385,32 @@ impl Endpoint<'_> {
             .client_ip
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
 
-        // Throttle before any hashing.
+        // Throttle before any hashing. A browser that signed in to this
+        // account with its current password (a device cookie) has limits
+        // of its own instead of the account's shared cap; the record is
+        // read only when such a cookie is there.
         let now_secs = crate::clock::unix_secs();
-        let known_device = cookie_values(&session.req_header().headers, &app.device_cookie)
-            .any(|v| app.device.verify(v, &account, now_secs));
-        if let Err(wait) = app
-            .throttle
-            .check_for(&account, ip_addr, Instant::now(), known_device)
+        let mut device_cookies =
+            cookie_values(&session.req_header().headers, &app.device_cookie).peekable();
+        let device: Option<String> = if device_cookies.peek().is_some() {
+            let stamp = app
+                .accounts
+                .get(&username)
+                .ok()
+                .flatten()
+                .map(|u| u.password.clone())
+                .filter(|p| !p.is_empty());
+            stamp.and_then(|stamp| {
+                device_cookies
+                    .find(|v| app.device.verify(v, &account, &stamp, now_secs))
+                    .map(str::to_string)
+            })
+        } else {
+            None
+        };
+        if let Err(wait) =
+            app.throttle
+                .check_for(&account, ip_addr, Instant::now(), device.as_deref())
         {
             app.metrics.throttled.inc();
             app.metrics.logins.with_label_values(&["throttled"]).inc();
@@ -444,7 +463,7 @@ impl Endpoint<'_> {
         let active = user.as_ref().is_some_and(|u| u.is_active);
         if !(verified && active) {
             app.throttle
-                .record_failure(&account, ip_addr, Instant::now());
+                .record_failure_for(&account, ip_addr, Instant::now(), device.as_deref());
             app.metrics
                 .logins
                 .with_label_values(&["invalid_credentials"])
@@ -471,13 +490,18 @@ impl Endpoint<'_> {
             return Reply::error_json(401, "invalid_credentials");
         };
         app.throttle
-            .record_success(&account, ip_addr, Instant::now());
+            .record_success_for(&account, ip_addr, device.as_deref());
 
         // Replace a legacy or weaker hash now that we know the password.
         let upgrade = match stored.as_deref() {
             Some(s) if crate::passwords::needs_upgrade(s) => app.hasher.hash(password).await.ok(),
             _ => None,
         };
+        // The device cookie is bound to the hash the account will have.
+        let stamp = upgrade
+            .clone()
+            .or_else(|| stored.clone())
+            .unwrap_or_default();
         let old = self.identity.as_ref().map(|(_, l)| l.hash);
         let remember = remember && app.cfg.session.remember_me;
         let uname = user.username.clone();
@@ -519,7 +543,7 @@ impl Endpoint<'_> {
                 .with("session", short_tag(&live.hash)),
         );
         let set = self.session_cookie(&id, remember);
-        let device = self.device_cookie(&account, now_secs);
+        let device_set = self.device_cookie(&account, &stamp, now_secs);
         let fresh = app
             .accounts
             .get(&user.username)
@@ -533,16 +557,16 @@ impl Endpoint<'_> {
         };
         reply
             .header(http::header::SET_COOKIE, set)
-            .header(http::header::SET_COOKIE, device)
+            .header(http::header::SET_COOKIE, device_set)
     }
 
     /// The device cookie (see [`crate::device`]) for a browser that just
     /// signed in to `account`: sent only to the gateway's own paths.
-    fn device_cookie(&self, account: &str, now_secs: u64) -> String {
+    fn device_cookie(&self, account: &str, stamp: &str, now_secs: u64) -> String {
         let app = self.app();
         Cookie::build((
             app.device_cookie.clone(),
-            app.device.issue(account, now_secs),
+            app.device.issue(account, stamp, now_secs),
         ))
         .path(app.cfg.server.prefix.clone())
         .http_only(true)

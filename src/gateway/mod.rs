@@ -57,7 +57,6 @@ pub struct Gateway {
     public_host: HeaderValue,
 }
 
-/// Per-request state, carried from filter to filter.
 /// Requests between `new_ctx` and the drop of their `Ctx` (upgraded
 /// connections included): a graceful stop ends once this stays at zero,
 /// instead of sleeping out the whole grace period.
@@ -84,6 +83,7 @@ impl Drop for InFlight {
     }
 }
 
+/// Per-request state, carried from filter to filter.
 pub struct Ctx {
     _in_flight: InFlight,
     /// When the request began; read only by the access log, so taken only
@@ -752,9 +752,12 @@ impl ProxyHttp for Gateway {
         let headers = &mut parts.headers;
         headers.reserve(ADDED_HEADERS);
         app.headers.strip(headers);
+        // (The device cookie's path keeps browsers from sending it here;
+        // a client that sends it anyway does not get it to the app.)
         let ours = [
             app.cfg.session.cookie_name.as_str(),
             app.csrf_cookie.as_str(),
+            app.device_cookie.as_str(),
         ];
         if let Some(new_cookie) = scrub_cookies(headers, &ours) {
             headers.remove(http::header::COOKIE);
