@@ -29,10 +29,18 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        // Relative to the working directory when under it, as the paths an
+        // operator typed: `config/policy.toml:41:1`, not the absolute path
+        // the config resolved it to.
+        let shown = std::env::current_dir()
+            .ok()
+            .and_then(|d| self.file.strip_prefix(d).ok())
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(&self.file);
         write!(
             f,
             "{}:{}:{}: {}: {}",
-            self.file.display(),
+            shown.display(),
             self.line,
             self.column,
             sev,

@@ -498,10 +498,17 @@ mod tests {
         let real = t.elapsed();
         assert_eq!(h.get_sample_count(), 2);
         // Now they copy the recent checks' times instead of hashing.
+        let copying = Instant::now();
         for _ in 0..4 {
+            let before = h.get_sample_count();
             let t = Instant::now();
             assert_eq!(pool.verify("pw".into(), None).await, Ok(false));
             let took = t.elapsed();
+            if h.get_sample_count() > before {
+                // This one refreshed the samples: it was a real check, timed
+                // as one by definition (and the load may have changed).
+                continue;
+            }
             let (lo, hi) = (first.min(real), first.max(real));
             assert!(
                 took.as_secs_f64() >= lo.as_secs_f64() * 0.9 - 0.001,
@@ -510,7 +517,15 @@ mod tests {
             // Generous above: a loaded machine may wake the sleeper late.
             assert!(took < hi * 3 + Duration::from_millis(20), "{took:?}");
         }
-        assert_eq!(h.get_sample_count(), 2, "an unknown name ran argon2");
+        // One refresh a second is by design; on a loaded machine the four
+        // copies can span more than a second. More than that is hashing.
+        let refreshes = copying.elapsed().as_millis() as u64 / REFRESH_MS;
+        assert!(
+            h.get_sample_count() <= 2 + refreshes,
+            "an unknown name ran argon2: {} checks in {:?}",
+            h.get_sample_count(),
+            copying.elapsed()
+        );
     }
 
     #[tokio::test]
