@@ -445,6 +445,8 @@ impl Config {
                 c.file = Some(abs);
                 #[cfg(unix)]
                 lint_file_modes(&c, &mut report);
+                #[cfg(unix)]
+                lint_store_writable(&c, &Source::new(path, &text), &mut report);
                 Ok((c, report))
             }
             _ => Err(ConfigError::Invalid(report)),
@@ -1031,6 +1033,37 @@ fn lint_file_modes(cfg: &Config, report: &mut Report) {
             });
         }
     }
+}
+
+/// Warns when the store folder cannot be written by this user (a
+/// read-only mount, another owner): `check` passes such a config, and
+/// `serve` then fails at start. The nearest existing folder is what
+/// counts, since the store makes the rest.
+#[cfg(unix)]
+fn lint_store_writable(cfg: &Config, src: &Source<'_>, report: &mut Report) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = &cfg.storage.path;
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return;
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+        return;
+    }
+    let why = std::io::Error::last_os_error();
+    let mut scratch = Report::default();
+    let at = crate::diag::parse_toml(src, &mut scratch)
+        .and_then(|doc| value_span(&doc, "storage", "path"));
+    report.push(src.warning(
+        at,
+        format!(
+            "the store folder {} cannot be written by this user ({why}): serve will fail to start; point [storage] path at a writable folder (in a container, the /data volume)",
+            path.display()
+        ),
+    ));
 }
 
 /// Checks an upstream URL and resolves it once, at load time: Pingora's

@@ -338,6 +338,50 @@ fn explain_names_the_rule_and_the_reason() {
     assert_eq!(v["decision"], "deny", "{out}");
 }
 
+/// `check` says when the store folder cannot be written, instead of
+/// passing a config that `serve` then fails to start with. As root (who
+/// may write anywhere but a read-only mount), it runs as `nobody`.
+#[test]
+fn check_warns_when_the_store_cannot_be_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open.clone()).unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), DEFAULT_POLICY).unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &cfg,
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[storage]\npath = \"locked/data\"\n",
+    )
+    .unwrap();
+    for f in ["policy.toml", "portcullis.toml"] {
+        std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        std::process::Command::new(BIN)
+    };
+    let out = cmd
+        .args(["--config", cfg.to_str().unwrap(), "check"])
+        .output()
+        .expect("setpriv (util-linux) runs the check as nobody");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {text}");
+    assert!(
+        text.contains("portcullis.toml:4:8: warning: the store folder")
+            && text.contains("cannot be written"),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_warns_about_settings_that_weaken_the_gateway() {
     use std::os::unix::fs::PermissionsExt;
