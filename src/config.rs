@@ -1203,6 +1203,10 @@ mod tests {
             ("portcullis", "X-User-Id", "other gateways' apps"),
             ("portcullis", "Proxy-User", "other gateways' apps"),
             ("portcullis", "X-Forwarded-Client-Cert", "another gateway"),
+            ("portcullis", "X-Forwarded-Roles", "another gateway"),
+            ("portcullis", "Remote-Username", "another gateway"),
+            ("portcullis", "X-Authentik-Username", "other gateways' apps"),
+            ("portcullis", "Tailscale-User-Login", "other gateways' apps"),
         ] {
             let (_, r) = parse(&field(preset, header));
             assert!(r.has_errors(), "{preset} {header} accepted");

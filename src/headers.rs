@@ -82,6 +82,10 @@ const OWNED_PREFIXES: &[&str] = &[
     "oidc-claim-",                // mod_auth_openidc (OIDC_CLAIM_*)
     "x-oidc-",                    // mod_auth_openidc behind a proxy
     "x-ssl-",                     // X-SSL-Client-*, X-SSL-User (client certificates)
+    "x-authentik-",               // authentik's proxy outpost
+    "tailscale-user-",            // tailscale serve
+    "teleport-",                  // Teleport application access
+    "x-ms-token-",                // Azure App Service authentication
 ];
 
 /// Names the gateway sets itself or that frame the request: no identity
@@ -126,6 +130,13 @@ const IDENTITY_ANYWHERE: &[&str] = &[
     "x-remote-user",
     // Envoy's client certificate, which apps behind it read as identity.
     "x-forwarded-client-cert",
+    // Other user and role names in the allowed families that apps read
+    // (Rundeck's X-Forwarded-Roles, and the -Username spellings).
+    "x-forwarded-username",
+    "x-forwarded-uuid",
+    "x-forwarded-roles",
+    "remote-username",
+    "x-auth-request-username",
 ];
 
 /// Why a configured header cannot carry an identity value, if it cannot:
@@ -720,6 +731,10 @@ mod tests {
             "Proxy-User",
             "Auth-User",
             "X-Envoy-Original-Path",
+            "X-Authentik-Username",
+            "Tailscale-User-Login",
+            "Teleport-Jwt-Assertion",
+            "X-MS-TOKEN-AAD-ID-TOKEN",
             "X-Amzn-Oidc-Data",
             "X-MS-CLIENT-PRINCIPAL",
             "X-Ms-Client-Principal-Name",

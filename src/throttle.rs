@@ -488,14 +488,20 @@ impl Throttle {
         self.record_success_for(account, ip, None);
     }
 
-    /// [`Throttle::record_success`], also clearing the device cookie's
-    /// count when the browser had one.
+    /// [`Throttle::record_success`] for a browser that may have a device
+    /// cookie. With one, the cookie's count is cleared but the account's
+    /// is not: the account's cap holds the attackers', and a known browser
+    /// signs in past it anyway, so clearing it would only hand them a
+    /// fresh quota at every real login.
     pub fn record_success_for(&self, account: &str, ip: IpAddr, device: Option<&str>) {
         // The client counter survives: one valid login must not launder a
         // client that is spraying other accounts.
         let [pair, _client, account_key] = self.keys(account, ip);
-        let device = device.map(|d| self.device_key(account, d));
-        for (key, shard) in [pair, account_key].into_iter().chain(device) {
+        let last = match device {
+            Some(d) => self.device_key(account, d),
+            None => account_key,
+        };
+        for (key, shard) in [pair, last] {
             shard.lock().map.remove(&key);
         }
     }

@@ -641,6 +641,8 @@ fn a_distributed_guessing_attack_does_not_lock_out_a_known_browser() {
     assert_eq!(forged.status(), 429);
     // The known browser is not held to the cap, even from a new address...
     assert_eq!(login(&real, "192.0.2.2", "victim", PW).status(), 200);
+    // ...and its login does not hand the attackers a fresh quota.
+    assert_eq!(login(&gw.client(), "192.0.2.4", "victim", PW).status(), 429);
     // ...but only for the account it signed in to.
     assert_eq!(login(&real, "192.0.2.2", "other", PW).status(), 429);
     // The cookie has a limit of its own: copied to many addresses, it buys
@@ -692,12 +694,16 @@ fn a_device_cookie_does_not_outlive_the_password() {
     fill_cap(113);
     assert_eq!(login(&gw.client(), "192.0.2.9", PW), 429, "the cap holds");
     assert_eq!(login(&known, "198.51.100.2", PW), 200, "known browser");
+    // The owner can change the password while the cap is full: the page
+    // treats a known browser as the login does.
     let new_pw = "a brand new passphrase";
-    let (code, _, err) = gw.cli(
-        &["user", "passwd", "pat", "--password-stdin"],
-        Some(&format!("{new_pw}\n")),
-    );
-    assert_eq!(code, 0, "{err}");
+    let r = known
+        .post(gw.url("/.portcullis/password"))
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&serde_json::json!({"current_password": PW, "new_password": new_pw}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
     fill_cap(114);
     assert_eq!(
         login(&known, "198.51.100.3", new_pw),

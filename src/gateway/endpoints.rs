@@ -390,24 +390,7 @@ impl Endpoint<'_> {
         // of its own instead of the account's shared cap; the record is
         // read only when such a cookie is there.
         let now_secs = crate::clock::unix_secs();
-        let mut device_cookies =
-            cookie_values(&session.req_header().headers, &app.device_cookie).peekable();
-        let device: Option<String> = if device_cookies.peek().is_some() {
-            let stamp = app
-                .accounts
-                .get(&username)
-                .ok()
-                .flatten()
-                .map(|u| u.password.clone())
-                .filter(|p| !p.is_empty());
-            stamp.and_then(|stamp| {
-                device_cookies
-                    .find(|v| app.device.verify(v, &account, &stamp, now_secs))
-                    .map(str::to_string)
-            })
-        } else {
-            None
-        };
+        let device = self.known_device(session, &username, &account, now_secs);
         if let Err(wait) =
             app.throttle
                 .check_for(&account, ip_addr, Instant::now(), device.as_deref())
@@ -560,6 +543,31 @@ impl Endpoint<'_> {
             .header(http::header::SET_COOKIE, device_set)
     }
 
+    /// This browser's device cookie, if it is valid for this account and
+    /// its current password. Only the first one counts: a request stuffed
+    /// with thousands would otherwise buy an HMAC each (and a timing that
+    /// tells which names exist).
+    fn known_device(
+        &self,
+        session: &Session,
+        username: &str,
+        account: &str,
+        now_secs: u64,
+    ) -> Option<String> {
+        let app = self.app();
+        let value = cookie_values(&session.req_header().headers, &app.device_cookie).next()?;
+        let stamp = app
+            .accounts
+            .get(username)
+            .ok()
+            .flatten()
+            .map(|u| u.password.clone())
+            .filter(|p| !p.is_empty())?;
+        app.device
+            .verify(value, account, &stamp, now_secs)
+            .then(|| value.to_string())
+    }
+
     /// The device cookie (see [`crate::device`]) for a browser that just
     /// signed in to `account`: sent only to the gateway's own paths.
     fn device_cookie(&self, account: &str, stamp: &str, now_secs: u64) -> String {
@@ -705,7 +713,15 @@ impl Endpoint<'_> {
         let ip_addr = ctx
             .client_ip
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        if let Err(wait) = app.throttle.check(&account, ip_addr, Instant::now()) {
+        // As at login: a known browser is not held to the account's cap, so
+        // an attack on the account does not stop its owner changing the
+        // password.
+        let device =
+            self.known_device(session, &user.username, &account, crate::clock::unix_secs());
+        if let Err(wait) =
+            app.throttle
+                .check_for(&account, ip_addr, Instant::now(), device.as_deref())
+        {
             return fail(
                 429,
                 "too_many_attempts",
@@ -723,8 +739,12 @@ impl Endpoint<'_> {
         match app.hasher.verify(current, stored).await {
             Ok(true) => {}
             Ok(false) => {
-                app.throttle
-                    .record_failure(&account, ip_addr, Instant::now());
+                app.throttle.record_failure_for(
+                    &account,
+                    ip_addr,
+                    Instant::now(),
+                    device.as_deref(),
+                );
                 return fail(
                     400,
                     "invalid_current_password",
