@@ -461,6 +461,35 @@ impl Throttle {
         }
     }
 
+    /// [`Throttle::check`] by address only: the pair and the client, not
+    /// the shared per-account cap, for attempts that name no account
+    /// (registration), where one cap for everyone would let a few dozen
+    /// addresses shut the door on every newcomer.
+    pub fn check_per_address(&self, label: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let [pair, client, _] = self.keys(label, ip);
+        let mut longest: Option<Duration> = None;
+        for (key, shard) in [pair, client] {
+            let shard = shard.lock();
+            if let Some(entry) = shard.map.get(&key) {
+                if !entry.expired(now) {
+                    longest = longest.max(self.policy.wait(&key, entry, now));
+                }
+            }
+        }
+        longest.map_or(Ok(()), |wait| Err(whole_seconds(wait)))
+    }
+
+    /// An attempt counted by address only (see [`Throttle::check_per_address`]).
+    pub fn record_per_address(&self, label: &str, ip: IpAddr, now: Instant) {
+        let [pair, client, _] = self.keys(label, ip);
+        for (key, shard) in [pair, client] {
+            let mut shard = shard.lock();
+            if let Some(entry) = shard.entry_mut(key, now, &self.policy) {
+                entry.record(now);
+            }
+        }
+    }
+
     pub fn record_failure(&self, account: &str, ip: IpAddr, now: Instant) {
         self.record_failure_for(account, ip, now, None);
     }

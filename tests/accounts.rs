@@ -638,6 +638,42 @@ fn registration_refuses_names_that_look_like_taken_ones() {
     assert!(!list.contains("l0@example.com"), "{list}");
 }
 
+/// Registration is limited by address only: a few dozen addresses must
+/// not be able to close it for every newcomer (a shared hourly count
+/// did), while one address is still slowed down.
+#[test]
+fn registration_is_limited_per_address_not_for_everyone() {
+    let gw = Gw::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        extra: "[registration]\nenabled = true\n[throttle]\naccount_per_hour = 3\n".into(),
+        ..Opts::default()
+    });
+    let register = |ip: &str, name: &str| {
+        gw.client()
+            .post(gw.url("/.portcullis/register"))
+            .header("x-forwarded-for", ip)
+            .json(&serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": "another fine one"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 1..=6 {
+        assert_eq!(
+            register(&format!("203.0.113.{i}"), &format!("newcomer{i}")),
+            201,
+            "newcomer {i}"
+        );
+    }
+    let statuses: Vec<u16> = (1..=8)
+        .map(|i| register("198.51.100.9", &format!("spammer{i}")))
+        .collect();
+    assert!(
+        statuses.contains(&429),
+        "one address is slowed: {statuses:?}"
+    );
+}
+
 #[test]
 fn racing_registrations_cannot_share_an_email() {
     let gw = Gw::with(Opts {

@@ -872,8 +872,12 @@ impl Endpoint<'_> {
         let ip_addr = ctx
             .client_ip
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        // Registrations share the per-IP throttle with logins.
-        if let Err(wait) = app.throttle.check("\u{0}register", ip_addr, Instant::now()) {
+        // Registrations share the per-IP throttle with logins; they are
+        // limited by address only, never by one count for everyone.
+        if let Err(wait) = app
+            .throttle
+            .check_per_address("\u{0}register", ip_addr, Instant::now())
+        {
             return fail(
                 429,
                 "too_many_attempts",
@@ -902,7 +906,7 @@ impl Endpoint<'_> {
             return fail(400, e.code(), &e.to_string());
         }
         app.throttle
-            .record_failure("\u{0}register", ip_addr, Instant::now());
+            .record_per_address("\u{0}register", ip_addr, Instant::now());
         let hash = match app.hasher.hash(password).await {
             Ok(h) => h,
             Err(_) => return Reply::error_json(503, "busy").header("retry-after", "1"),
