@@ -194,26 +194,20 @@ pub fn normalised(name: &str) -> String {
 /// The identity headers a config sends, normalised, each with what it
 /// carries (for [`header_conflict`]).
 pub fn identity_names(cfg: &HeadersConfig) -> Vec<(String, String)> {
-    let (user, email, groups, name) = preset_names(cfg.preset);
-    let pick = |over: &Option<String>, preset: Vec<&'static str>| -> Vec<String> {
-        match over {
-            Some(o) => vec![o.clone()],
-            None => preset.into_iter().map(String::from).collect(),
-        }
-    };
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut add = |names: Vec<String>, what: &str| {
-        out.extend(names.iter().map(|n| (normalised(n), what.to_string())));
-    };
-    add(pick(&cfg.user, user), "the username");
-    add(
-        cfg.preferred_username.iter().cloned().collect(),
-        "the username",
-    );
-    add(pick(&cfg.email, email), "the email");
-    add(pick(&cfg.groups, groups), "the groups");
-    add(pick(&cfg.name, name), "the name");
-    out
+    let (user, email, groups, name) = sent_names(cfg);
+    [
+        (user, "the username"),
+        (email, "the email"),
+        (groups, "the groups"),
+        (name, "the name"),
+    ]
+    .into_iter()
+    .flat_map(|(names, what)| {
+        names
+            .into_iter()
+            .map(move |n| (normalised(n), what.to_string()))
+    })
+    .collect()
 }
 
 /// The names a custom field's header may not take: the identity headers
@@ -232,15 +226,32 @@ pub fn taken_for_fields(cfg: &HeadersConfig) -> Vec<(String, String)> {
     out
 }
 
-/// A preset's header names: user, email, groups, name.
-type PresetNames = (
-    Vec<&'static str>,
-    Vec<&'static str>,
-    Vec<&'static str>,
-    Vec<&'static str>,
-);
+/// Header names for the user, email, groups and name.
+type Names<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
 
-fn preset_names(preset: HeaderPreset) -> PresetNames {
+/// The names a config sends each identity value in: its preset's, with
+/// the `[headers]` overrides applied.
+fn sent_names(cfg: &HeadersConfig) -> Names<'_> {
+    let (mut user, mut email, mut groups, mut name): Names<'_> = preset_names(cfg.preset);
+    if let Some(u) = &cfg.user {
+        user = vec![u.as_str()];
+    }
+    if let Some(p) = &cfg.preferred_username {
+        user.push(p.as_str());
+    }
+    if let Some(e) = &cfg.email {
+        email = vec![e.as_str()];
+    }
+    if let Some(g) = &cfg.groups {
+        groups = vec![g.as_str()];
+    }
+    if let Some(n) = &cfg.name {
+        name = vec![n.as_str()];
+    }
+    (user, email, groups, name)
+}
+
+fn preset_names(preset: HeaderPreset) -> Names<'static> {
     match preset {
         HeaderPreset::Portcullis => (
             vec!["x-forwarded-user"],
@@ -420,22 +431,7 @@ impl IdentityHeaders {
         drop_underscore: bool,
         trusted: Vec<ipnet::IpNet>,
     ) -> Self {
-        let (mut user, mut email, mut groups, mut name) = preset_names(cfg.preset);
-        if let Some(u) = &cfg.user {
-            user = vec![u.as_str()];
-        }
-        if let Some(p) = &cfg.preferred_username {
-            user.push(p.as_str());
-        }
-        if let Some(e) = &cfg.email {
-            email = vec![e.as_str()];
-        }
-        if let Some(g) = &cfg.groups {
-            groups = vec![g.as_str()];
-        }
-        if let Some(n) = &cfg.name {
-            name = vec![n.as_str()];
-        }
+        let (user, email, groups, name) = sent_names(cfg);
         // Custom fields' headers too: a client must not be able to send a
         // value for a user who has none.
         let all: Vec<String> = user
@@ -445,7 +441,7 @@ impl IdentityHeaders {
             .chain(&name)
             .copied()
             .chain(user_fields.iter().filter_map(|f| f.header.as_deref()))
-            .map(|s| s.to_ascii_lowercase().replace(['_', '.'], "-"))
+            .map(normalised)
             .collect();
         IdentityHeaders {
             user: user.iter().filter_map(|s| hn(s)).collect(),
