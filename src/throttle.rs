@@ -436,13 +436,27 @@ impl Throttle {
         now: Instant,
         device: Option<&str>,
     ) -> Result<(), Duration> {
+        self.check_keys(self.capped_keys(account, ip, device), now)
+    }
+
+    /// [`Throttle::check`] by address only: the pair and the client, not
+    /// the shared per-account cap, for attempts that name no account
+    /// (registration), where one cap for everyone would let a few dozen
+    /// addresses shut the door on every newcomer.
+    pub fn check_per_address(&self, label: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let [pair, client, _] = self.keys(label, ip);
+        self.check_keys([pair, client], now)
+    }
+
+    /// The longest wait any of these counters imposes; expired ones are
+    /// forgotten on the way.
+    fn check_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (Key, &'a Mutex<Shard>)>,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let mut longest: Option<Duration> = None;
-        let [pair, client, account_key] = self.keys(account, ip);
-        let last = match device {
-            Some(d) => self.device_key(account, d),
-            None => account_key,
-        };
-        for (key, shard) in [pair, client, last] {
+        for (key, shard) in keys {
             let mut shard = shard.lock();
             let state = shard
                 .map
@@ -461,33 +475,39 @@ impl Throttle {
         }
     }
 
-    /// [`Throttle::check`] by address only: the pair and the client, not
-    /// the shared per-account cap, for attempts that name no account
-    /// (registration), where one cap for everyone would let a few dozen
-    /// addresses shut the door on every newcomer.
-    pub fn check_per_address(&self, label: &str, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let [pair, client, _] = self.keys(label, ip);
-        let mut longest: Option<Duration> = None;
-        for (key, shard) in [pair, client] {
-            let shard = shard.lock();
-            if let Some(entry) = shard.map.get(&key) {
-                if !entry.expired(now) {
-                    longest = longest.max(self.policy.wait(&key, entry, now));
-                }
-            }
-        }
-        longest.map_or(Ok(()), |wait| Err(whole_seconds(wait)))
-    }
-
-    /// An attempt counted by address only (see [`Throttle::check_per_address`]).
-    pub fn record_per_address(&self, label: &str, ip: IpAddr, now: Instant) {
-        let [pair, client, _] = self.keys(label, ip);
-        for (key, shard) in [pair, client] {
+    /// One failure on each of these counters.
+    fn record_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (Key, &'a Mutex<Shard>)>,
+        now: Instant,
+    ) {
+        for (key, shard) in keys {
             let mut shard = shard.lock();
             if let Some(entry) = shard.entry_mut(key, now, &self.policy) {
                 entry.record(now);
             }
         }
+    }
+
+    /// [`Throttle::keys`] with the last, capping counter being a known
+    /// browser's own (see [`Throttle::check_for`]) when there is one.
+    fn capped_keys(
+        &self,
+        account: &str,
+        ip: IpAddr,
+        device: Option<&str>,
+    ) -> [(Key, &Mutex<Shard>); 3] {
+        let mut keys = self.keys(account, ip);
+        if let Some(d) = device {
+            keys[2] = self.device_key(account, d);
+        }
+        keys
+    }
+
+    /// An attempt counted by address only (see [`Throttle::check_per_address`]).
+    pub fn record_per_address(&self, label: &str, ip: IpAddr, now: Instant) {
+        let [pair, client, _] = self.keys(label, ip);
+        self.record_keys([pair, client], now);
     }
 
     pub fn record_failure(&self, account: &str, ip: IpAddr, now: Instant) {
@@ -504,12 +524,7 @@ impl Throttle {
         device: Option<&str>,
     ) {
         let device = device.map(|d| self.device_key(account, d));
-        for (key, shard) in self.keys(account, ip).into_iter().chain(device) {
-            let mut shard = shard.lock();
-            if let Some(entry) = shard.entry_mut(key, now, &self.policy) {
-                entry.record(now);
-            }
-        }
+        self.record_keys(self.keys(account, ip).into_iter().chain(device), now);
     }
 
     /// success resets the (account, ip) and account counters (not the IP's)
@@ -525,12 +540,8 @@ impl Throttle {
     pub fn record_success_for(&self, account: &str, ip: IpAddr, device: Option<&str>) {
         // The client counter survives: one valid login must not launder a
         // client that is spraying other accounts.
-        let [pair, _client, account_key] = self.keys(account, ip);
-        let last = match device {
-            Some(d) => self.device_key(account, d),
-            None => account_key,
-        };
-        for (key, shard) in [pair, last] {
+        let [pair, _client, cap] = self.capped_keys(account, ip, device);
+        for (key, shard) in [pair, cap] {
             shard.lock().map.remove(&key);
         }
     }
