@@ -390,7 +390,18 @@ impl Endpoint<'_> {
         // of its own instead of the account's shared cap; the record is
         // read only when such a cookie is there.
         let now_secs = crate::clock::unix_secs();
-        let device = self.known_device(session, &username, &account, now_secs);
+        let device = self.known_device(
+            session,
+            &account,
+            || {
+                app.accounts
+                    .get(&username)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.password.clone())
+            },
+            now_secs,
+        );
         if let Err(wait) =
             app.throttle
                 .check_for(&account, ip_addr, Instant::now(), device.as_deref())
@@ -547,22 +558,17 @@ impl Endpoint<'_> {
     /// its current password. Only the first one counts: a request stuffed
     /// with thousands would otherwise buy an HMAC each (and a timing that
     /// tells which names exist).
+    /// `password_hash` is asked for only when there is a cookie.
     fn known_device(
         &self,
         session: &Session,
-        username: &str,
         account: &str,
+        password_hash: impl FnOnce() -> Option<String>,
         now_secs: u64,
     ) -> Option<String> {
         let app = self.app();
         let value = cookie_values(&session.req_header().headers, &app.device_cookie).next()?;
-        let stamp = app
-            .accounts
-            .get(username)
-            .ok()
-            .flatten()
-            .map(|u| u.password.clone())
-            .filter(|p| !p.is_empty())?;
+        let stamp = password_hash().filter(|p| !p.is_empty())?;
         app.device
             .verify(value, account, &stamp, now_secs)
             .then(|| value.to_string())
@@ -716,8 +722,12 @@ impl Endpoint<'_> {
         // As at login: a known browser is not held to the account's cap, so
         // an attack on the account does not stop its owner changing the
         // password.
-        let device =
-            self.known_device(session, &user.username, &account, crate::clock::unix_secs());
+        let device = self.known_device(
+            session,
+            &account,
+            || Some(user.password.clone()),
+            crate::clock::unix_secs(),
+        );
         if let Err(wait) =
             app.throttle
                 .check_for(&account, ip_addr, Instant::now(), device.as_deref())
