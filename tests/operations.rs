@@ -398,13 +398,7 @@ fn sigterm_drains_and_exits_zero_promptly() {
     let mut child = gw.child.take().unwrap();
     let start = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(15), "did not exit");
     assert!(status.success(), "exit status {status:?}");
     let (code, body) = inflight
         .join()
@@ -432,15 +426,8 @@ fn an_idle_gateway_stops_promptly_and_keeps_its_sessions() {
     let c = gw.login("ivy", "correct horse battery");
     assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 200);
     let mut child = gw.child.take().unwrap();
-    let start = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(10), "did not stop");
     assert!(status.success(), "exit status {status:?}");
     assert!(gw.log().contains("portcullis stopped"), "{}", gw.log());
     gw.restart();

@@ -201,14 +201,11 @@ fn a_policy_failing_its_own_tests_does_not_start() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("serve started on a policy whose tests fail");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exit_within(
+        &mut child,
+        Duration::from_secs(30),
+        "serve started on a policy whose tests fail",
+    );
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

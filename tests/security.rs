@@ -1195,12 +1195,8 @@ fn custom_field_headers_cannot_be_forged() {
     }
 }
 
-#[test]
-fn hosts_that_the_app_could_read_differently_are_refused() {
-    // nginx and Go serve `secure.example:abc` as `secure.example`; a host
-    // rule for it must not be walked past with a port that is not one.
-    let gw = Gw::with(Opts {
-        policy: r#"
+/// One host closed to everyone, everything else open.
+const SECURE_HOST_POLICY: &str = r#"
 [[rule]]
 host = "secure.example"
 path = "/**"
@@ -1209,8 +1205,14 @@ allow = "nobody"
 [[rule]]
 path = "/**"
 allow = "anyone"
-"#
-        .into(),
+"#;
+
+#[test]
+fn hosts_that_the_app_could_read_differently_are_refused() {
+    // nginx and Go serve `secure.example:abc` as `secure.example`; a host
+    // rule for it must not be walked past with a port that is not one.
+    let gw = Gw::with(Opts {
+        policy: SECURE_HOST_POLICY.into(),
         ..Opts::default()
     });
     let port = gw.port;
@@ -1252,17 +1254,7 @@ allow = "anyone"
         "{a}"
     );
     let behind = Gw::with(Opts {
-        policy: r#"
-[[rule]]
-host = "secure.example"
-path = "/**"
-allow = "nobody"
-
-[[rule]]
-path = "/**"
-allow = "anyone"
-"#
-        .into(),
+        policy: SECURE_HOST_POLICY.into(),
         public_url: Some("http://secure.example".into()),
         ..Opts::default()
     });

@@ -11,6 +11,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// Waits for `child` to exit; past `within` it is killed and the test
+/// fails with `what`.
+pub fn exit_within(child: &mut Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} (still running after {within:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub const DEFAULT_POLICY: &str = r#"
 [groups.staff]
 permissions = ["reports.view"]
